@@ -1,0 +1,39 @@
+# distillery: `make run` runs the default recipe on the embedded defaults; `make test` runs the tests.
+# Both create .venv and install everything first (idempotent: a second call installs nothing).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-all test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# llama.cpp's own HF->GGUF converter, from the pinned llama-cpp-python source archive.
+	$(PY) -m tasks.package.converter
+	touch $(STAMP)
+
+run: install
+	$(PY) -m flows.full $(ARGS)
+
+# The default suite: unit, integration, and the whole DAG end to end on the default recipe.
+test: install
+	$(PY) -m pytest -m "not recipe_e2e" $(PYTEST_ARGS)
+
+# Everything, including one whole-DAG run per non-default recipe (about 4 minutes each).
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf .distillery

@@ -1,0 +1,401 @@
+"""SFT training throughput: distillery's entrypoint against a plain transformers Trainer + peft loop.
+
+    python bench/train_throughput.py [--rows 6] [--max-seq-len 512] [--batch-size 4] [--threads 1]
+                                     [--repeats 1] [--model-dir DIR] [--out bench/results/train_throughput.json]
+
+Same model (SmolLM2-135M, fp32, CPU), same real variable-length data (accepted Q&A pairs from the
+ai.stackexchange sample dump, one system + user + assistant conversation each), same LoRA config,
+optimizer settings, batch size, seed and checkpointing (a save at the end), one epoch each:
+
+- ``plain``: ``transformers.Trainer`` on a ``peft`` model, tokenized by hand with the chat template
+  (loss on the answer only), each batch padded by hand to its longest row. No trl.
+- ``distillery``: ``python -m tasks.train.sft`` (run in-process through its ``main``) without packing.
+- ``distillery+packing``: the same with ``train.sft.packing=true`` (best-fit packing into
+  ``max_seq_len`` rows, no padding, attention kept within each example).
+
+Every arm trains on exactly the same tokens (rows are truncated to ``max_seq_len`` the same way), so
+throughput is those tokens divided by the time of ``trainer.train()``: wall time, and this process's
+CPU time, which other work on a shared machine disturbs much less (model loading and tokenization
+are excluded for every arm; the entrypoint's checkpoint marker, with its sha256 and fsync, is
+included). With packing there are fewer, fuller steps. ``--repeats`` runs the arms in rotating
+order; each arm's times are averaged and every run's throughput is listed. Prints a Markdown table
+and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DUMP = REPO / "data" / "sample" / "stackexchange" / "ai.stackexchange.com" / "Posts.xml"
+SYSTEM = "You are a careful machine learning expert. Answer clearly and concisely."
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+LEARNING_RATE = 2e-4
+SEED = 42
+
+
+def load_rows(count: int) -> list[dict]:
+    from tasks.collect.stackexchange import parse_posts_xml
+
+    pairs, _ = parse_posts_xml(DUMP, "ai.stackexchange.com")
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"{p.title}\n\n{p.question}"},
+                {"role": "assistant", "content": p.answer},
+            ]
+        }
+        for p in pairs[:count]
+    ]
+
+
+def _ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def tokenize(rows: list[dict], tokenizer, max_len: int) -> tuple[list[dict], list[dict]]:
+    """Hand-written chat tokenization: loss on the answer only, the end cut at ``max_len``.
+
+    Rows whose question alone fills ``max_len`` leave nothing to learn and are left out (trl drops
+    them too), so every arm sees the same rows. Returns (kept rows, their tokenized examples).
+    """
+    kept, examples = [], []
+    for row in rows:
+        prompt = _ids(tokenizer, row["messages"][:-1], add_generation_prompt=True)
+        full = _ids(tokenizer, row["messages"])
+        assert full[: len(prompt)] == prompt, "the chat template renders the prompt differently"
+        if len(prompt) >= max_len:
+            continue
+        labels = [-100] * len(prompt) + full[len(prompt) :]
+        kept.append(row)
+        examples.append({"input_ids": full[:max_len], "labels": labels[:max_len]})
+    return kept, examples
+
+
+def pad_collate(pad_id: int, counter: dict):
+    import torch
+
+    def collate(batch: list[dict]) -> dict:
+        width = max(len(example["input_ids"]) for example in batch)
+        counter["real"] += sum(len(example["input_ids"]) for example in batch)
+        counter["padded"] += width * len(batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, example in enumerate(batch):
+            n = len(example["input_ids"])
+            ids[i, :n] = torch.tensor(example["input_ids"])
+            labels[i, :n] = torch.tensor(example["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    return collate
+
+
+def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    torch.use_deterministic_algorithms(False)  # the entrypoint, run earlier in this process, turns it on
+    set_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["target_modules"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    counter = {"real": 0, "padded": 0}
+    args = TrainingArguments(
+        output_dir=str(work / "plain-ck"),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=1,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=10_000,
+        save_total_limit=2,
+        report_to=[],
+        use_cpu=True,
+        seed=SEED,
+        data_seed=SEED,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=pad_collate(tokenizer.pad_token_id, counter),
+    )
+    start, cpu_start = time.perf_counter(), time.process_time()
+    trainer.train()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "steps": trainer.state.global_step,
+        "padding_share": 1 - counter["real"] / counter["padded"],
+    }
+
+
+def run_distillery(
+    model_dir: Path, data: Path, batch_size: int, max_len: int, packing: bool, work: Path, tag: str
+) -> dict:
+    from tasks.core.recipe import TrainConfig
+    from tasks.train import sft
+
+    train = TrainConfig.model_validate(
+        {
+            "lora": LORA,
+            "seed": SEED,
+            "save_steps": 10_000,
+            "sft": {
+                "learning_rate": LEARNING_RATE,
+                "batch_size": batch_size,
+                "max_seq_len": max_len,
+                "packing": packing,
+                "epochs": 1,
+                "warmup_ratio": 0.1,
+                "scheduler": "cosine",
+            },
+        }
+    )
+    config = work / f"{tag}-config.json"
+    config.write_text(
+        json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{tag}-{time.time_ns()}"})
+    )
+    output = work / tag
+    code = sft.main(
+        [
+            "--config",
+            str(config),
+            "--model-dir",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(output),
+            "--checkpoint-dir",
+            str(work / f"{tag}-ck-{time.time_ns()}"),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    return {
+        "seconds": metrics["train_runtime_s"],
+        "cpu_seconds": metrics["train_cpu_s"],
+        "steps": metrics["global_step"],
+        "tokens_counted_by_trainer": metrics["tokens_seen"],
+    }
+
+
+def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
+    """Per arm: mean wall and CPU seconds over its runs, the throughputs they give, every run's value."""
+    summary = {}
+    for arm, results in runs.items():
+        seconds = statistics.mean(r["seconds"] for r in results)
+        cpu_seconds = statistics.mean(r["cpu_seconds"] for r in results)
+        summary[arm] = {
+            **{k: v for k, v in results[0].items() if k not in {"seconds", "cpu_seconds"}},
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "tokens_per_s": tokens / seconds,
+            "tokens_per_cpu_s": tokens / cpu_seconds,
+            "tokens_per_s_all": [round(tokens / r["seconds"], 2) for r in results],
+            "tokens_per_cpu_s_all": [round(tokens / r["cpu_seconds"], 2) for r in results],
+        }
+    for arm in summary.values():
+        arm["speedup_vs_plain"] = arm["tokens_per_s"] / summary["plain"]["tokens_per_s"]
+        arm["cpu_speedup_vs_plain"] = arm["tokens_per_cpu_s"] / summary["plain"]["tokens_per_cpu_s"]
+    return summary
+
+
+def ensure_model(model_dir: Path | None) -> Path:
+    from tasks.core.settings import get_settings
+
+    folder = model_dir or get_settings().models_dir / "bench-smollm2-135m"
+    if not (folder / "config.json").exists():
+        from tasks.train.base_model import export_base_model
+
+        print(f"exporting SmolLM2-135M to {folder} (once) ...", file=sys.stderr, flush=True)
+        export_base_model("smollm2-135m", folder)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=6, help="Q&A rows trained on (one epoch).")
+    parser.add_argument(
+        "--max-seq-len", type=int, default=512, help="The recipe default (train.sft.max_seq_len)."
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for every arm (1 by default: on a shared 2-core machine a second "
+        "OpenMP thread mostly spins)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Runs per arm, in rotating order; times are averaged."
+    )
+    parser.add_argument("--model-dir", type=Path, default=None, help="A transformers folder of SmolLM2-135M.")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_throughput.json")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(args.threads)
+    model_dir = ensure_model(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows, examples = tokenize(load_rows(args.rows), tokenizer, args.max_seq_len)
+    lengths = sorted(len(e["input_ids"]) for e in examples)
+    tokens = sum(lengths)
+    load_before = os.getloadavg()
+
+    arms = ["plain", "distillery", "distillery+packing"]
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+        work = Path(tmp)
+        data = work / "train.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        for repeat in range(args.repeats):
+            for arm in arms[repeat % 3 :] + arms[: repeat % 3]:
+                print(f"[{repeat + 1}/{args.repeats}] {arm} ...", file=sys.stderr, flush=True)
+                if arm == "plain":
+                    result = run_plain(model_dir, examples, args.batch_size, work)
+                else:
+                    result = run_distillery(
+                        model_dir,
+                        data,
+                        args.batch_size,
+                        args.max_seq_len,
+                        arm.endswith("packing"),
+                        work,
+                        f"{arm.replace('+', '-')}-{repeat}",
+                    )
+                runs[arm].append(result)
+    load_after = os.getloadavg()
+
+    summary = summarize(runs, tokens)
+
+    result = {
+        "benchmark": "train_throughput",
+        "command": "python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": "SmolLM2-135M (fp32, LoRA)",
+        "device": "cpu",
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "load_avg_1m_before": round(load_before[0], 2),
+            "load_avg_1m_after": round(load_after[0], 2),
+        },
+        "versions": _versions(),
+        "data": {
+            "source": str(DUMP.relative_to(REPO)),
+            "rows": len(examples),
+            "tokens": tokens,
+            "min_len": lengths[0],
+            "median_len": lengths[len(lengths) // 2],
+            "max_len": lengths[-1],
+            "truncated_rows": sum(1 for n in lengths if n == args.max_seq_len),
+        },
+        "config": {
+            "max_seq_len": args.max_seq_len,
+            "batch_size": args.batch_size,
+            "epochs": 1,
+            "lora": LORA,
+            "learning_rate": LEARNING_RATE,
+            "repeats": args.repeats,
+        },
+        "arms": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(_table(result))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "peft", "trl")}
+
+
+def _table(result: dict) -> str:
+    data, machine, arms = result["data"], result["machine"], result["arms"]
+    config = result["config"]
+    heading = (
+        f"SFT throughput, SmolLM2-135M + LoRA r={LORA['r']} on CPU ({machine['cpus']} cores, "
+        f"{machine['torch_threads']} torch thread(s), load average {machine['load_avg_1m_before']} -> "
+        f"{machine['load_avg_1m_after']}): {data['rows']} real Q&A rows, {data['tokens']} tokens "
+        f"(length {data['min_len']}/{data['median_len']}/{data['max_len']} min/median/max, "
+        f"{data['truncated_rows']} cut at {config['max_seq_len']}), batch {config['batch_size']}, "
+        f"one epoch, mean of {config['repeats']} run(s) per arm."
+    )
+    lines = [
+        heading,
+        "",
+        "| arm | steps | wall s | CPU s | tokens/s | vs plain | tokens/CPU-s | vs plain (CPU) | runs (tokens/s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, arm in arms.items():
+        lines.append(
+            f"| {name} | {arm['steps']} | {arm['seconds']:.1f} | {arm['cpu_seconds']:.1f} | "
+            f"{arm['tokens_per_s']:.1f} | {arm['speedup_vs_plain']:.2f}x | {arm['tokens_per_cpu_s']:.1f} | "
+            f"{arm['cpu_speedup_vs_plain']:.2f}x | {', '.join(map(str, arm['tokens_per_s_all']))} |"
+        )
+    plain = arms["plain"]
+    lines += [
+        "",
+        f"Padding in the plain arm's batches: {plain['padding_share']:.0%} of the tokens it computed on.",
+    ]
+    if arms["distillery+packing"]["steps"] < 2:
+        lines.append(
+            f"Note: {data['rows']} rows fill only {arms['distillery+packing']['steps']} packed step(s); packing "
+            "pays off by removing padding, which needs more rows to show (try --rows 16 or more)."
+        )
+    counted = arms["distillery"].get("tokens_counted_by_trainer")
+    if counted is not None and counted != data["tokens"]:
+        lines.append(
+            f"Note: the entrypoint's Trainer counted {counted} non-padding tokens, this script {data['tokens']}."
+        )
+    if machine["load_avg_1m_before"] > machine["cpus"] or machine["load_avg_1m_after"] > machine["cpus"]:
+        lines.append(
+            "Caution: other work was loading this machine's CPUs during the run, so wall-clock numbers are "
+            "low and noisy. tokens/CPU-s (this process's CPU time) is far less sensitive to that and is "
+            "the fairer ratio here; --repeats 3 steadies both."
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Curate stage: the student's base model (for its tokenizer), limits, dedup and splits, then the
+baseline: the untrained base scored on the held-out set before any training (validate reuses it)."""
+
+from prefect import flow
+
+from tasks.core.recipe import Recipe
+from tasks.core.refs import StageOutput
+from tasks.core.stage import StageResult, combine, run_task
+from tasks.curate.tasks import curate_dataset
+from tasks.train.tasks import prepare_base_model
+from tasks.validate.tasks import evaluate_model, evaluation_params
+
+
+@flow(name="curate")
+def curate_flow(recipe: Recipe, examples: StageOutput) -> StageResult:
+    base, base_status = run_task(prepare_base_model, base_model=recipe.train.base_model,
+                                 trust_remote_code=recipe.train.trust_remote_code)
+    output, status = run_task(curate_dataset, examples=examples["examples"], base_model=base["model"],
+                              config=recipe.curate, recipe_name=recipe.name)
+    baseline, baseline_status = run_task(evaluate_model, heldout=output["heldout"], builtin=recipe.train.base_model,
+                                         **evaluation_params(recipe))
+    return StageResult(status=combine([base_status, status, baseline_status]),
+                       outputs={"dataset": output, "base": base, "baseline": baseline})

@@ -1,0 +1,124 @@
+"""The whole DAG: collect -> synthesize -> curate -> pairs -> train -> package -> validate -> deploy.
+
+``python -m flows.full`` runs the default recipe on the embedded defaults; ``--recipe NAME`` picks
+another, ``--set a.b=value`` overrides any field. The last line on stdout is the run's JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.collect import collect_flow
+from flows.curate import curate_flow
+from flows.deploy import deploy_flow
+from flows.package import package_flow
+from flows.pairs import pairs_flow
+from flows.synthesize import synthesize_flow
+from flows.train import train_flow
+from flows.validate import validate_flow
+from tasks.core.recipe import DEFAULT_RECIPE, Recipe, load_recipe
+from tasks.core.refs import StageOutput
+from tasks.core.run import make_run_id, recipe_lock, run_summary
+from tasks.core.stage import StageRunner
+from tasks.core.store import get_store
+from tasks.deploy.publish import production_gguf
+from tasks.synthesize.variants import variant_output, variant_recipes
+
+
+@flow(name="distillery", log_prints=True)
+def distill(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
+            profile: str | None = None) -> dict[str, Any]:
+    """Run every stage of a recipe; stages whose inputs did not change come from the cache.
+
+    A recipe with ``variants`` builds one model per variant: after synthesize, curate through deploy
+    run once per variant (each with its own recipe, run id and model name), and the summary shows
+    each variant's stages, gate and artifacts.
+
+    Args:
+        recipe: a built-in recipe name (deployments/recipes) or a path to a recipe YAML.
+        overrides: ``field=value`` assignments applied on top, e.g. ``train.sft.max_steps=30``.
+        profile: a named override set of the recipe (``smoke``: a tiny sample; ``full``: GPU settings).
+    """
+    start = time.perf_counter()
+    r = load_recipe(recipe, overrides or [], profile)
+    with recipe_lock(r.name, log=print):
+        return _run_stages(r, start)
+
+
+def _run_stages(r: Recipe, start: float) -> dict[str, Any]:
+    run_id = make_run_id(r.name, flow_run.get_id())
+    stages = StageRunner()
+    collected = stages.run("collect", collect_flow, r)
+    synthesized = collected and stages.run("synthesize", synthesize_flow, r, collected.outputs)
+    variants: dict[str, tuple[str, str, StageRunner]] = {}
+    for variant, rv in (variant_recipes(r).items() if synthesized else ()):  # {"": r} without variants
+        branch, branch_id = (StageRunner(), f"{run_id}-{variant}") if variant else (stages, run_id)
+        build_model(branch, rv, branch_id, synthesized.output(variant_output(variant)), collected.outputs)
+        if variant:
+            variants[variant] = (branch_id, rv.name, branch)
+    return run_summary(run_id, r.name, stages, time.perf_counter() - start,
+                       flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None, variants=variants or None)
+
+
+def build_model(stages: StageRunner, r: Recipe, run_id: str, examples: StageOutput,
+                collected: dict[str, StageOutput]) -> None:
+    """curate -> pairs -> train -> package -> validate -> deploy for one model, recorded in ``stages``."""
+    curated = stages.run("curate", curate_flow, r, examples)
+    paired = curated and stages.run("pairs", pairs_flow, r, curated.output("dataset"))
+    pairs = paired.outputs.get("pairs") if paired else None
+    trained = paired and stages.run("train", train_flow, r, curated.output("base"), curated.output("dataset"), pairs)
+    packaged = trained and stages.run("package", package_flow, r, curated.output("base"), trained.output("final"))
+    validated = packaged and stages.run("validate", validate_flow, r, curated.output("dataset"),
+                                        packaged.output("package"),
+                                        production_gguf(get_store(), r.name, r.package.serve), pairs)
+    if validated:
+        package, gate = packaged.output("package"), validated.output("decision").counts["gate"]
+        artifacts = {**{k: v for k, v in package.artifacts.items() if k != "manifest"},
+                     "adapter": trained.output("final")["adapter"], "report": validated.output("decision")["report"],
+                     "train": curated.output("dataset")["train"], "heldout": curated.output("dataset")["heldout"]}
+        if pairs:
+            artifacts["pairs"] = pairs["pairs"]
+        lineage = {name: out["records"].model_dump(mode="json") for name, out in collected.items()}
+        stages.run("deploy", deploy_flow, r, run_id, artifacts, lineage, gate["metrics"], gate,
+                   package[f"gguf_{r.package.serve}"], package["modelfile"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tasks.core.recipe import list_recipes, recipe_help
+
+    recipes = "\n".join(f"  {name:<16} {desc}" for name, desc in list_recipes().items())
+    return argparse.ArgumentParser(
+        prog="python -m flows.full", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run distillery's whole DAG for one recipe. State lives in $DISTILLERY_HOME (.distillery/).",
+        epilog=f"recipes:\n{recipes}\n\nrecipe fields (override with --set field=value):\n{recipe_help()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"built-in recipe name or YAML path ({DEFAULT_RECIPE})")
+    parser.add_argument("--profile", default=None, help="a named override set of the recipe (smoke, full)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a recipe field, e.g. --set train.sft.max_steps=4 (repeatable)")
+    args = parser.parse_args(argv)
+    from tasks.core.recipe import RecipeError
+
+    try:
+        load_recipe(args.recipe, args.overrides, args.profile)  # fail fast, before Prefect starts
+    except RecipeError as exc:
+        parser.error(str(exc))
+    summary = distill(recipe=args.recipe, overrides=args.overrides, profile=args.profile)
+    print(json.dumps(summary, default=str), flush=True)
+    if summary["status"] != "completed":
+        return 1
+    return 0 if (summary["gate"] or {}).get("passed") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Pairs stage: respond -> critique -> improve -> evaluate -> DPO pairs (skipped when disabled)."""
+
+from prefect import flow
+
+from tasks.core.recipe import Recipe
+from tasks.core.refs import StageOutput
+from tasks.core.stage import StageResult, run_task
+from tasks.pairs.tasks import build_preference_pairs
+
+
+@flow(name="pairs")
+def pairs_flow(recipe: Recipe, dataset: StageOutput) -> StageResult:
+    if not recipe.pairs.enabled or recipe.train.method == "sft":
+        return StageResult(status="skipped", reason="pairs.enabled is false or train.method is sft")
+    output, status = run_task(build_preference_pairs, train=dataset["train"], student_gguf=recipe.train.base_model,
+                              config=recipe.pairs, teacher_config=recipe.teacher)
+    return StageResult(status=status, outputs={"pairs": output}, teacher_calls=output.teacher_calls)

@@ -1,0 +1,1 @@
+"""What every stage shares: settings, the artifact store, recipes, cache keys and JSONL helpers."""

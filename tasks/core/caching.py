@@ -1,0 +1,86 @@
+"""Cache keys for stage tasks: inputs (refs carry content hashes) + the task's source + a version.
+
+Prefect's default INPUTS policy may fall back to cloudpickle for pydantic values, which is not stable
+across processes; this key is canonical JSON, so the same inputs give the same key on any machine.
+The source hashed is the whole stage package that defines the task (its records, plain functions and
+wrappers), so an edit to a stage's logic invalidates that stage and nothing upstream of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from tasks.core.hashing import sha256_file, sha256_json
+
+# Bump to invalidate every cached result at once (a change to record formats, say).
+CACHE_VERSION = "1"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@lru_cache(maxsize=256)
+def _source_hash(path: str) -> str:
+    return sha256_file(Path(path))
+
+
+def source_hash_of(fn: Callable[..., Any], extra_modules: tuple[str, ...] = ()) -> str:
+    """Hash of every module of the package that defines ``fn`` (a stage's records, plain functions
+    and task wrappers live together in ``tasks/<stage>/``): editing any of them invalidates the stage."""
+    source = inspect.getsourcefile(inspect.unwrap(fn))
+    if not source:
+        return ""
+    package = Path(source).parent
+    files = sorted(str(p) for p in package.glob("*.py"))
+    for module in extra_modules:
+        extra = inspect.getsourcefile(__import__(module, fromlist=["_"]))
+        if extra and extra not in files:
+            files.append(extra)
+    return sha256_json([(Path(f).name, _source_hash(f)) for f in files])
+
+
+def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect ``cache_key_fn``: canonical inputs + the defining module's source + CACHE_VERSION."""
+    task = context.task
+    fn = task.fn
+    return sha256_json(
+        {
+            "task": f"{fn.__module__}.{fn.__qualname__}",
+            "params": _jsonable(parameters),
+            "source": source_hash_of(fn),
+            "version": CACHE_VERSION,
+        }
+    )
+
+
+def weekly_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Like :func:`stage_cache_key`, plus the ISO week: for sources that change outside our control.
+
+    A weekly run collects again; a re-run or backfill in the same week reuses what was collected.
+    """
+    year, week, _ = date.today().isocalendar()
+    return sha256_json({"base": stage_cache_key(context, parameters), "week": f"{year}-W{week:02d}"})
+
+
+def cache_key_ignoring(*names: str) -> Callable[[Any, dict[str, Any]], str]:
+    """A :func:`stage_cache_key` that leaves some parameters out (a run id, say)."""
+
+    def key(context: Any, parameters: dict[str, Any]) -> str:
+        return stage_cache_key(context, {k: v for k, v in parameters.items() if k not in names})
+
+    return key

@@ -1,0 +1,103 @@
+"""Settings read from the environment (``DISTILLERY_*``), and the one state folder.
+
+Everything distillery keeps between runs lives under one folder, ``.distillery/`` in the working
+directory unless ``DISTILLERY_HOME`` moves it: Prefect's home and results, the artifact store (when
+no remote store is configured), the teacher's request cache, converted models and scratch space.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Machine-level settings: where state lives and which services to talk to."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", extra="ignore")
+
+    home: Path = Field(default=Path(".distillery"), description="The state folder.")
+    store_uri: str | None = Field(
+        default=None,
+        description="Artifact store: a local folder, or s3://bucket/prefix. Default: <home>/store.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto, R2...). Default: AWS."
+    )
+    ollama_host: str | None = Field(
+        default=None, description="Ollama host to deploy to, e.g. http://gpu-box:11434. Unset: skip."
+    )
+    postgres_dsn: SecretStr | None = Field(
+        default=None, description="Connection string of the PostgreSQL source (profile-scorer)."
+    )
+    converter_dir: Path | None = Field(
+        default=None,
+        description="Folder holding llama.cpp's convert_hf_to_gguf.py. Default: <venv>/share/distillery/llama.cpp.",
+    )
+
+    @property
+    def state(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state / "prefect"
+
+    @property
+    def store_location(self) -> str:
+        return self.store_uri or str(self.state / "store")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state / "models"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state / "work"
+
+    @property
+    def llama_cpp_converter_dir(self) -> Path:
+        import sys
+
+        return (self.converter_dir or Path(sys.prefix) / "share" / "distillery" / "llama.cpp").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def configure_prefect_environment() -> None:
+    """Point Prefect at the state folder before Prefect is imported.
+
+    Prefect reads its settings when it is first imported, so this runs from ``flows/__init__.py``.
+    It only sets defaults: an explicit ``PREFECT_*`` variable (a real server's API URL, say) wins.
+    """
+    settings = Settings()
+    home = settings.state / "prefect"
+    defaults = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LOG_PRINTS": "true",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        # Our own logs carry no secrets, but never ship logs with parameters to a remote API twice.
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "distillery",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    # Prefect creates its home without parents and its server fails without it.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

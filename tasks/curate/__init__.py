@@ -1,0 +1,1 @@
+"""Curate: token limits, quality filters, dedup without leakage, stable splits."""

@@ -1,0 +1,1 @@
+"""Deploy: publish a run's artifacts to the store, move ``latest`` after the gate, serve on Ollama."""

@@ -1,0 +1,1 @@
+"""Preference pairs: respond -> critique -> improve -> evaluate -> pair rules (the constitution loop)."""

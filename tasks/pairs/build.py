@@ -1,0 +1,122 @@
+"""Plain functions of the pairs stage: prompts, the respond/critique/improve/evaluate loop."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field
+
+from tasks.core.recipe import PairsConfig, TeacherConfig
+from tasks.pairs.rules import decide_pair
+from tasks.teacher.base import ChatMessage, CompletionRequest, messages
+
+CRITIC_SYSTEM = ("You are a strict reviewer of answers to statistics and machine-learning questions. "
+                 "List concrete problems (errors, vagueness, missing caveats) and one suggestion.")
+IMPROVER_SYSTEM = ("You rewrite answers to fix every problem a reviewer found. Keep what was right. "
+                   "Reply with the improved answer only, inside the JSON.")
+JUDGE_SYSTEM = ("You grade an answer to a question from 1 (useless or wrong) to 10 (correct, clear, "
+                "complete). Be strict and consistent.")
+
+
+# Length limits are part of the JSON schema, so a grammar-constrained local model cannot ramble past
+# its token budget and be cut off mid-JSON.
+class Critique(BaseModel):
+    problems: list[str] = Field(description="Concrete problems with the answer.", max_length=3)
+    suggestion: str = Field(description="The single most useful change.", max_length=200)
+
+
+class Improved(BaseModel):
+    response: str = Field(description="The improved answer.", max_length=1200)
+
+
+class Evaluation(BaseModel):
+    score: int = Field(description="1 to 10.", ge=1, le=10)
+    reason: str = Field(description="One sentence.", max_length=160)
+
+
+class PreferencePair(BaseModel):
+    """One DPO row in trl's conversational format, with the critique kept as metadata."""
+
+    id: str
+    prompt: list[dict[str, str]]
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def critique_messages(question: str, answer: str) -> tuple[ChatMessage, ...]:
+    return messages(("system", CRITIC_SYSTEM), ("user", f"Question:\n{question}\n\nAnswer:\n{answer}"))
+
+
+def improve_messages(question: str, answer: str, critique: Critique) -> tuple[ChatMessage, ...]:
+    problems = "\n".join(f"- {p}" for p in critique.problems) or "- (none listed)"
+    return messages(("system", IMPROVER_SYSTEM),
+                    ("user", f"Question:\n{question}\n\nAnswer:\n{answer}\n\nProblems:\n{problems}\n"
+                             f"Suggestion: {critique.suggestion}"))
+
+
+def judge_messages(question: str, answer: str) -> tuple[ChatMessage, ...]:
+    return messages(("system", JUDGE_SYSTEM), ("user", f"Question:\n{question}\n\nAnswer:\n{answer}"))
+
+
+def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsConfig,
+               teacher_config: TeacherConfig) -> tuple[PreferencePair | None, dict[str, Any]]:
+    """Run one prompt through the loop. Returns the pair (or None) and a trace for the report."""
+    prompt = item["prompt"]
+    question = prompt[-1]["content"]
+    original = student.complete(CompletionRequest(
+        messages=tuple(ChatMessage(**m) for m in prompt), temperature=config.student_temperature,
+        max_tokens=config.max_tokens, seed=teacher_config.seed)).text.strip()
+    trace: dict[str, Any] = {"id": item["id"], "type": item.get("type", "qa")}
+    crit, reason = teacher.structured(critique_messages(question, original), Critique,
+                                      temperature=config.critique_temperature, max_tokens=config.max_tokens + 160,
+                                      seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
+    if crit is None:
+        trace.update(decision="no_pair", reason=f"critique invalid: {reason}")
+        return None, trace
+    imp, reason = teacher.structured(improve_messages(question, original, crit), Improved,
+                                     temperature=config.critique_temperature, max_tokens=config.max_tokens + 300,
+                                     seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
+    if imp is None:
+        trace.update(decision="no_pair", reason=f"improvement invalid: {reason}")
+        return None, trace
+    improved = imp.response.strip()
+    scores = []
+    for answer in (original, improved):
+        ev, _ = teacher.structured(judge_messages(question, answer), Evaluation, temperature=0.0,
+                                   max_tokens=96, seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
+        scores.append(None if ev is None else ev.score)
+    ok = [None if s is None else s >= config.pass_score for s in scores]
+    decision, why = decide_pair(original, improved, ok[0], ok[1])
+    trace.update(decision=decision, reason=why, original_score=scores[0], improved_score=scores[1])
+    if decision == "no_pair":
+        return None, trace
+    chosen, rejected = (improved, original) if decision == "chosen_improved" else (original, improved)
+    pair = PreferencePair(
+        id=f"pair:{item['id']}",
+        prompt=prompt,
+        chosen=[{"role": "assistant", "content": chosen}],
+        rejected=[{"role": "assistant", "content": rejected}],
+        metadata={"critique": crit.model_dump(), "decision": decision, "reason": why,
+                  "original_score": scores[0], "improved_score": scores[1], "type": item.get("type", "qa")},
+    )
+    return pair, trace
+
+
+def prompts_from_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Seed prompts for the loop: the training examples' conversations without the answer."""
+    out = []
+    for row in sorted(rows, key=lambda r: r["id"])[:limit]:
+        prompt = [m for m in row["messages"][:-1]]
+        out.append({"id": row["id"], "prompt": prompt, "type": row.get("metadata", {}).get("type", "qa")})
+    return out
+
+
+def build_pairs(prompts: list[dict[str, Any]], student: Any, teacher: Any, config: PairsConfig,
+                teacher_config: TeacherConfig,
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[PreferencePair], list[dict]]:
+    results = teacher.map(lambda item: build_pair(item, student, teacher, config, teacher_config), prompts,
+                          concurrency=1, progress=progress)
+    pairs = [p for p, _ in results if p is not None]
+    traces = [t for _, t in results]
+    return pairs, traces

@@ -1,0 +1,86 @@
+"""An in-process llama.cpp model: the embedded default teacher, and how GGUF students are run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.teacher.base import Completion, CompletionRequest
+
+
+# llama.cpp turns a string's maxLength into nested grammar rules and its parser recurses once per
+# character: a maxLength of ~1200 overflows the stack and kills the process (seen with 0.3.36).
+# Longer limits are left to pydantic's validation of the output.
+GRAMMAR_MAX_REPEAT = 400
+
+
+def grammar_safe(schema: Any) -> Any:
+    """A copy of a JSON schema without repetition limits that llama.cpp's grammar cannot handle."""
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            if key in ("maxLength", "minLength", "maxItems", "minItems") and isinstance(value, int) \
+                    and value > GRAMMAR_MAX_REPEAT:
+                continue
+            out[key] = grammar_safe(value)
+        return out
+    if isinstance(schema, list):
+        return [grammar_safe(item) for item in schema]
+    return schema
+
+
+class LlamaCppChat:
+    """A GGUF model loaded with llama-cpp-python. Calls are serialized: one context, one thread."""
+
+    provider = "llama_cpp"
+
+    def __init__(self, model_path: Path, n_ctx: int = 2048, n_threads: int | None = None, model: str | None = None):
+        self.model_path = Path(model_path)
+        self.model = model or self.model_path.name
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self._llm: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        if self._llm is None:
+            from llama_cpp import Llama
+
+            self._llm = Llama(
+                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False, seed=0
+            )
+        return self._llm
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        with self._lock:
+            llm = self._load()
+            kwargs: dict[str, Any] = {
+                "messages": [m.model_dump() for m in request.messages],
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+                "seed": request.seed,
+            }
+            if request.json_schema is not None:
+                kwargs["response_format"] = {"type": "json_object", "schema": grammar_safe(request.json_schema)}
+            if request.stop:
+                kwargs["stop"] = list(request.stop)
+            start = time.perf_counter()
+            out = llm.create_chat_completion(**kwargs)
+            latency = time.perf_counter() - start
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            finish_reason=choice.get("finish_reason"),
+            latency_s=latency,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None

@@ -1,0 +1,47 @@
+"""The local training backend: the entrypoint script as a subprocess, its output streamed to logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+# Lines worth a log record: step and eval losses, the resume decision, errors.
+_LOGGED = ("{'loss'", "{'eval_loss'", "resuming", "discarding", "Error", "error")
+
+
+class TrainingFailed(RuntimeError):
+    """The training script exited non-zero; the message carries the end of its output."""
+
+
+def run_entrypoint(method: str, config: dict, model_dir: Path, data: Path, output_dir: Path,
+                   checkpoint_dir: Path, eval_data: Path | None = None, init_adapter: Path | None = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Run ``python -m tasks.train.<method>`` and return its metrics.json."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir.parent / f"{method}-config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    command = [sys.executable, "-m", f"tasks.train.{method}", "--config", str(config_path),
+               "--model-dir", str(model_dir), "--data", str(data), "--output-dir", str(output_dir),
+               "--checkpoint-dir", str(checkpoint_dir)]
+    if eval_data is not None:
+        command += ["--eval-data", str(eval_data)]
+    if init_adapter is not None:
+        command += ["--init-adapter", str(init_adapter)]
+    tail: list[str] = []
+    repo_root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=repo_root,
+                          bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            # tqdm redraws with carriage returns; log only lines that say something new.
+            text = line.rstrip().rsplit("\r", 1)[-1]
+            if text and any(word in text for word in _LOGGED):
+                log(f"[{method}] {text[-400:]}")
+            tail = (tail + [text])[-30:]
+        code = process.wait()
+    if code != 0:
+        raise TrainingFailed(f"{method} training exited with {code}:\n" + "\n".join(tail))
+    return json.loads((output_dir / "metrics.json").read_text())

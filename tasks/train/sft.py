@@ -1,0 +1,142 @@
+"""LoRA SFT entrypoint: ``python -m tasks.train.sft --config c.json --model-dir base --data train.jsonl``.
+
+The same script runs as a local subprocess and as a SageMaker training job (setup, train, save).
+Data rows are SyntheticExample JSONL (``messages``); the last assistant turn is the completion, and
+only it is trained on (trl's prompt-completion format). With ``train.sft.packing`` examples are
+packed best-fit into ``max_seq_len`` rows without padding; attention stays within each example
+(position ids restart per example, and transformers builds a block-diagonal mask from them).
+Writes the adapter and ``metrics.json`` (the Trainer's log history, final train and eval loss,
+tokens seen) to the output folder.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tasks.train import common
+
+
+def to_prompt_completion(rows: list[dict]) -> list[dict]:
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+
+
+class PackedRowsCollator:
+    """Packed examples as one batch row per packed row, for attention without FlashAttention.
+
+    trl collates a packed batch into a single flattened row ("padding-free"), which FlashAttention's
+    variable-length kernels handle in time linear in the number of examples. With sdpa or eager
+    attention (CPU, or a GPU without flash-attn) the block-diagonal mask over that one long row costs
+    (batch x max_len)^2 per layer instead of batch x max_len^2: at batch 4 x 512 on CPU, about as
+    much as the rest of the model. Here every packed row stays a row, padded to the longest one.
+    Position ids restart at each example and are 0 on padding, and there is no attention mask, so
+    transformers builds the block-diagonal mask from the position ids: an example never sees
+    another example or padding. The first token of each example gets no label (its prediction would
+    come from the previous example), as in trl's own collator.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        width = max(len(example["input_ids"]) for example in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        position_ids = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            length = len(example["input_ids"])
+            input_ids[row, :length] = torch.as_tensor(example["input_ids"])
+            labels[row, :length] = torch.as_tensor(example.get("labels", example["input_ids"]))
+            lengths = example.get("seq_lengths") or [length]
+            position_ids[row, :length] = torch.cat([torch.arange(n) for n in lengths])
+        labels[position_ids == 0] = -100
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def _flash_attention(model) -> bool:
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return "flash" in implementation
+
+
+def main(argv: list[str] | None = None) -> int:
+    # --- setup
+    args = common.parse_args("sft", argv)
+    config = common.load_config(args.config)
+    train, run_key = config["train"], config["run_key"]
+    opt = train["sft"]
+    common.check_lora(train)
+    common.check_quantization(train)
+
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    train_ds = Dataset.from_list(to_prompt_completion(common.jsonl_rows(args.data)))
+    eval_ds = None
+    if args.eval_data:
+        eval_ds = Dataset.from_list(to_prompt_completion(common.jsonl_rows(args.eval_data)))
+    if len(train_ds) == 0:
+        raise SystemExit("the training set is empty: nothing to train on")
+    set_seed(train["seed"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    model, tokenizer = common.load_base(args.model_dir, train)
+    peft_config = common.lora_config(train)
+    if args.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        peft_config = None
+    resume = common.prepare_checkpoints(args.checkpoint_dir, run_key)
+    sft_args = SFTConfig(
+        output_dir=str(args.checkpoint_dir), seed=train["seed"], data_seed=train["seed"],
+        learning_rate=opt["learning_rate"], lr_scheduler_type=opt["scheduler"],
+        warmup_steps=opt["warmup_ratio"],  # below 1: a share of the steps
+        num_train_epochs=opt["epochs"], max_steps=opt["max_steps"],
+        per_device_train_batch_size=opt["batch_size"],
+        per_device_eval_batch_size=opt["batch_size"],
+        gradient_accumulation_steps=opt["gradient_accumulation"],
+        max_length=opt["max_seq_len"], packing=opt["packing"], save_strategy="steps",
+        save_steps=train["save_steps"], save_total_limit=2, logging_steps=1,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=max(1, train["save_steps"]), report_to=[], use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, completion_only_loss=True, disable_tqdm=False,
+        include_num_input_tokens_seen="non_padding",
+        activation_checkpointing=train.get("gradient_checkpointing", False),
+        **common.precision_kwargs(train),
+    )
+    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[common.completion_callback(run_key)])
+    if opt["packing"] and not _flash_attention(trainer.model):
+        # trl refuses a custom collator with packing, so it is swapped in after construction.
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+    # --- train
+    with common.completion_positions_only_on_cpu():
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        eval_loss = None
+        if eval_ds is not None:
+            last = [e for e in trainer.state.log_history if "eval_loss" in e]
+            if last and last[-1].get("step") == trainer.state.global_step:
+                eval_loss = last[-1]["eval_loss"]
+            else:  # the last step was not an eval step: measure where training ended
+                eval_loss = trainer.evaluate()["eval_loss"]
+    # --- save
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(args.output_dir, safe_serialization=True)
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    common.write_metrics(args.output_dir, trainer, {
+        "method": "sft", "run_key": run_key, "train_runtime_s": elapsed, "train_cpu_s": cpu,
+        "global_step": trainer.state.global_step,
+        "resumed_from": resume.name if resume else None, "train_loss": result.training_loss,
+        "eval_loss": eval_loss, "examples": len(train_ds), "tokens_seen": tokens, "packing": opt["packing"]})
+    common.clean_output(args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Shared fixtures. Every test gets its own state folder; nothing touches ./.distillery."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    # Whole-DAG tests run several pipelines on 2 CPU cores: the suite-wide 900 s limit is for the rest.
+    for item in items:
+        if "e2e" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(3600))
+        if item.path.name.startswith("test_recipe_") and item.path.parent.name == "e2e":
+            item.add_marker(pytest.mark.recipe_e2e)
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items or _has_cuda():  # importing torch costs seconds: only when a GPU test is collected
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def distillery_home(tmp_path, monkeypatch):
+    """A fresh DISTILLERY_HOME per test, with settings re-read."""
+    from tasks.core.settings import get_settings
+
+    home = tmp_path / "distillery-home"
+    monkeypatch.setenv("DISTILLERY_HOME", str(home))
+    monkeypatch.delenv("DISTILLERY_STORE_URI", raising=False)
+    monkeypatch.delenv("DISTILLERY_OLLAMA_HOST", raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect server (SQLite) for the whole session's flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory):
+    """SmolLM2-135M as a transformers folder (dequantized from the packaged GGUF once per session)."""
+    from tasks.train.base_model import export_base_model
+
+    return export_base_model("smollm2-135m", tmp_path_factory.mktemp("base") / "base-model")
+
+
+@pytest.fixture(scope="session")
+def converter_dir():
+    from tasks.core.settings import Settings
+
+    folder = Settings().llama_cpp_converter_dir
+    if not (folder / "convert_hf_to_gguf.py").exists():
+        pytest.fail(f"llama.cpp converter missing at {folder}: run `python -m tasks.package.converter`")
+    return folder
+
+
+def cleanup(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)

@@ -1,0 +1,88 @@
+"""The whole DAG on CPU with the real small model: cold run, warm run, a changed training field, and a
+failure injected into one stage. Run as `python -m flows.full` subprocesses, as a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.core.models import resolve_gguf
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
+
+def run_dag(home: Path, *extra: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
+    env = {**os.environ, "DISTILLERY_HOME": str(home), **(env_extra or {})}
+    # The recipe's smoke profile: a tiny sample through every stage.
+    args = [sys.executable, "-m", "flows.full", "--profile", "smoke"]
+    for item in extra:
+        args += ["--set", item]
+    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
+    # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
+    # neither hold the test's pipes open nor outlive the test.
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        try:
+            code = proc.wait(timeout=1500)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in out.read_text().strip().splitlines() if line.strip()]
+    assert lines, f"no output (exit {code}); stderr tail:\n{err.read_text()[-4000:]}"
+    return code, json.loads(lines[-1]), err.read_text()
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {name: stage["status"] for name, stage in summary["stages"].items()}
+
+
+def test_cold_warm_changed_and_failed_runs(tmp_path):
+    home = tmp_path / "home"
+
+    # 1. A stage fails (llama.cpp's converter is missing): earlier stages keep their artifacts.
+    code, failed, _ = run_dag(home, env_extra={"DISTILLERY_CONVERTER_DIR": str(tmp_path / "no-converter")})
+    assert code == 1
+    assert statuses(failed) == {**{s: "completed" for s in STAGES[:5]}, "package": "failed",
+                                "validate": "skipped", "deploy": "skipped"}
+    assert "convert_hf_to_gguf" in failed["stages"]["package"]["reason"]
+    assert failed["teacher_calls"] > 0
+
+    # 2. The next run reuses every finished stage and completes the rest.
+    code, cold, stderr = run_dag(home)
+    assert code == 0, stderr[-3000:]
+    assert statuses(cold) == {**{s: "cached" for s in STAGES[:5]}, "package": "completed",
+                              "validate": "completed", "deploy": "completed"}
+    assert cold["teacher_calls"] == 0
+    assert cold["gate"]["passed"] is True
+    for key in ("dataset", "pairs", "adapter", "gguf_q4_k_m", "report"):
+        assert cold["artifacts"][key].startswith("file://")
+    gguf = Path(cold["artifacts"]["gguf_q4_k_m"][len("file://"):])
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=256, verbose=False)
+    assert llm.create_completion("Hello", max_tokens=2)["choices"]
+    llm.close()
+    assert gguf.stat().st_size < resolve_gguf("smollm2-135m").stat().st_size * 1.3
+    latest = json.loads((home / "store" / "latest" / "stats-qa.json").read_text())
+    assert latest["run_id"] == cold["run_id"]
+
+    # 3. Unchanged: everything cached, no teacher call.
+    code, warm, _ = run_dag(home)
+    assert code == 0
+    assert set(statuses(warm).values()) == {"cached"}
+    assert warm["teacher_calls"] == 0
+
+    # 4. One training field changed: train and every stage after it run again, none before.
+    code, changed, _ = run_dag(home, "train.sft.learning_rate=0.0001")
+    assert code == 0
+    assert statuses(changed) == {**{s: "cached" for s in STAGES[:4]},
+                                 **{s: "completed" for s in STAGES[4:]}}
+    assert changed["teacher_calls"] == 0

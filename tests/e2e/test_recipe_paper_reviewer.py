@@ -1,0 +1,71 @@
+"""paper-reviewer end to end on CPU with the real small model: `python -m flows.full --recipe
+paper-reviewer --profile smoke` (PeerRead + OpenReview sample, BM25 few-shot teacher review, SFT, GGUF,
+rating metrics against the human ratings of held-out papers)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
+
+
+def run_recipe(home: Path, recipe: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
+    env = {**os.environ, "DISTILLERY_HOME": str(home), **(env_extra or {})}
+    env.pop("DISTILLERY_OLLAMA_HOST", None)
+    env.pop("DISTILLERY_STORE_URI", None)
+    args = [sys.executable, "-m", "flows.full", "--recipe", recipe, "--profile", "smoke"]
+    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
+    # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
+    # neither hold the test's pipes open nor outlive the test.
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        try:
+            code = proc.wait(timeout=850)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in out.read_text().strip().splitlines() if line.strip()]
+    assert lines, f"no output (exit {code}); stderr tail:\n{err.read_text()[-4000:]}"
+    return code, json.loads(lines[-1]), err.read_text()
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {name: stage["status"] for name, stage in summary["stages"].items()}
+
+
+def test_paper_reviewer_smoke(tmp_path):
+    home = tmp_path / "home"
+    code, summary, stderr = run_recipe(home, "paper-reviewer")
+    assert code == 0, f"{summary['stages']}\n{stderr[-3000:]}"
+    expected = {s: "completed" for s in STAGES}
+    expected["pairs"] = "skipped"  # SFT only
+    assert statuses(summary) == expected
+    assert summary["teacher_calls"] > 0
+    assert summary["counts"]["synthesize"]["examples"]["examples"] >= 4  # one human review per paper (+ the teacher's)
+    metrics = summary["gate"]["metrics"]
+    for name in ("rating_mae", "rating_parsed", "json_valid", "rating_pearson", "latency_p95_s"):
+        assert name in metrics
+    # generation is constrained by the review schema: an output is invalid only when cut off at max_tokens
+    assert metrics["json_valid"] >= 0.5 and metrics["rating_parsed"] >= 0.5
+    assert 0 <= metrics["rating_mae"] <= 10
+    base = summary["counts"]["validate"]["base"]
+    assert {"rating_mae", "json_valid", "rating_parsed"} <= set(base)
+    # the examples are JSON reviews in the served schema; a teacher one carries its retrieved few-shot
+    train = Path(summary["artifacts"]["dataset"][len("file://"):])
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    for row in rows:
+        review = json.loads(row["messages"][-1]["content"])
+        assert set(review) == {"summary", "strengths", "weaknesses", "questions", "rating"}
+    teacher_rows = [r for r in rows if r["source"].startswith("teacher")]
+    assert all(r["metadata"]["retrieved"] for r in teacher_rows)
+    assert json.loads((home / "store" / "latest" / "paper-reviewer.json").read_text())["run_id"] == summary["run_id"]

@@ -1,0 +1,67 @@
+"""The embedded default teacher: the real SmolLM2-135M GGUF in-process with llama.cpp (small outputs)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from tasks.core.models import ModelNotFound, resolve_gguf
+from tasks.core.recipe import TeacherConfig
+from tasks.core.settings import get_settings
+from tasks.teacher import teacher as teacher_module
+from tasks.teacher.base import CompletionRequest, messages
+from tasks.teacher.llama_cpp import LlamaCppChat
+from tasks.teacher.teacher import Teacher
+
+pytestmark = pytest.mark.integration
+
+
+class Capital(BaseModel):
+    country: str
+    capital: str
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    try:
+        return resolve_gguf("smollm2-135m")
+    except ModelNotFound as exc:  # pragma: no cover - the package is a project dependency
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_HOME", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    teacher_module.clear_teachers()
+    yield
+    teacher_module.clear_teachers()
+    get_settings.cache_clear()
+
+
+def test_structured_output_from_the_real_model_is_cached(gguf, home):
+    config = TeacherConfig(provider="llama_cpp", model="smollm2-135m", n_ctx=512, max_tokens=40)
+    teacher = teacher_module.get_teacher(config)
+    assert isinstance(teacher.provider, LlamaCppChat) and teacher.provider.model_path == gguf
+    ask = messages(("system", "Reply in JSON."), ("user", "What is the capital of France?"))
+    value, reason = teacher.structured(ask, Capital, max_tokens=40, max_repairs=1)
+    # The JSON-schema grammar makes the output parse; 40 tokens are enough for this object.
+    assert reason is None and isinstance(value, Capital) and value.capital
+    paid = teacher.stats.completions
+    assert paid >= 1 and teacher.stats.prompt_tokens > 0 and teacher.stats.completion_tokens > 0
+    again, _ = teacher.structured(ask, Capital, max_tokens=40, max_repairs=1)
+    assert again == value and teacher.stats.completions == paid and teacher.stats.cache_hits >= 1
+
+
+def test_concurrent_calls_share_one_model_safely(gguf):
+    chat = LlamaCppChat(gguf, n_ctx=512)
+    try:
+        teacher = Teacher(chat, cache=None, concurrency=2)
+        requests = [CompletionRequest(messages=messages(("user", q)), max_tokens=6, temperature=0.0)
+                    for q in ("Name a colour.", "Name a fruit.")]
+        sequential = [chat.complete(r).text for r in requests]
+        parallel = teacher.map(lambda r: teacher.complete(r).text, requests, concurrency=2, progress=lambda d, t: None)
+        assert parallel == sequential and all(parallel)
+        assert teacher.stats.completions == 2
+    finally:
+        chat.close()

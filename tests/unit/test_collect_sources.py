@@ -1,0 +1,177 @@
+"""collect_source dispatch, incremental rules, fingerprints and the records JSONL format."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.collect.common import CollectError, RetryPolicy, parse_watermark, retry_after_seconds
+from tasks.collect.records import Instruction, Paper, PaperSection, Profile, QAPair, Rejected, Review
+from tasks.collect.sources import (
+    CollectBatch,
+    collect_source,
+    read_instructions,
+    read_records_jsonl,
+    source_fingerprint,
+    write_records_jsonl,
+)
+from tasks.core.recipe import SourceConfig
+
+REPO = Path(__file__).resolve().parents[2]
+AI_DIR = REPO / "data" / "sample" / "stackexchange" / "ai.stackexchange.com"
+WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+
+
+def _one_of_each(text: str = "text") -> list:
+    return [
+        Paper(id="arxiv:1", source="s", updated=WHEN, title=text, authors=["A"], pdf_sha256="ab"),
+        PaperSection(
+            id="arxiv:1#0",
+            source="s",
+            paper_id="1",
+            paper_title=text,
+            section_title="Title",
+            index=0,
+            text=text,
+            flags=["hidden_text:white"],
+        ),
+        QAPair(id="q", source="s", title=text, question=text, answer=text, tags=["t"], score=3),
+        Review(id="r", source="s", forum_id="f", paper_title=text, rating=6.0, decision="Accept"),
+        Profile(id="p", source="s", handle="@h", bio=text, score=0.9, reason="r", scored_by="m"),
+        Instruction(id="i", source="s", type="qa", prompt=text),
+    ]
+
+
+def test_jsonl_round_trips_every_record_type(tmp_path):
+    records = _one_of_each()
+    path = tmp_path / "r.jsonl"
+    assert write_records_jsonl(path, records) == 6
+    back = read_records_jsonl(path)
+    assert back == records
+    assert [type(r) for r in back] == [type(r) for r in records]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text())
+def test_jsonl_round_trips_any_text(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("j") / "r.jsonl"
+    text = text.encode("utf-8", "replace").decode("utf-8")  # records hold valid UTF-8 text only
+    records = _one_of_each(text)
+    write_records_jsonl(path, records)
+    assert read_records_jsonl(path) == records
+
+
+def test_jsonl_refuses_an_unknown_record_type(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"record_type": "Nope", "id": "x"}\n')
+    with pytest.raises(ValueError, match="unknown record_type"):
+        read_records_jsonl(path)
+
+
+def test_collect_batch_keeps_each_record_type():
+    batch = CollectBatch(records=_one_of_each(), rejected=[Rejected(source="s", item="x", reason="r")])
+    dumped = batch.model_dump(mode="json")
+    assert dumped["records"][1]["flags"] == ["hidden_text:white"]
+    assert CollectBatch.model_validate(dumped) == batch
+
+
+def test_dump_source_collects_then_skips_what_the_store_already_holds():
+    source = SourceConfig(kind="stackexchange_dump", path=str(AI_DIR))
+    first = collect_source(source)
+    assert len(first.records) == 60 and first.skipped_unchanged == 0 and first.rejected == []
+    known = {r.id: r.content_sha() for r in first.records}
+    again = collect_source(source, known=known)
+    assert again.records == [] and again.skipped_unchanged == 60
+    # One stored item differs: only that one comes back.
+    changed = dict(known, **{first.records[0].id: "stale"})
+    partial = collect_source(source, known=changed)
+    assert [r.id for r in partial.records] == [first.records[0].id] and partial.skipped_unchanged == 59
+
+
+def test_watermark_never_moves_backwards_and_does_not_filter_local_files():
+    source = SourceConfig(kind="stackexchange_dump", path=str(AI_DIR))
+    first = collect_source(source)
+    assert first.watermark == max(r.updated for r in first.records).isoformat()
+    # A local file is read whole: an item older than the watermark that is new to the store is kept.
+    later = collect_source(source, watermark=first.watermark)
+    assert len(later.records) == 60 and later.watermark == first.watermark
+    future = "2030-01-01T00:00:00+00:00"
+    assert collect_source(source, watermark=future).watermark == future
+
+
+def test_a_limit_cut_does_not_advance_the_watermark():
+    source = SourceConfig(kind="stackexchange_dump", path=str(AI_DIR), limit=5)
+    batch = collect_source(source)
+    assert len(batch.records) == 5 and batch.watermark is None
+    assert collect_source(source, watermark="2010-01-01T00:00:00Z").watermark == "2010-01-01T00:00:00+00:00"
+
+
+def test_missing_paths_and_bad_watermarks_are_clear_errors(tmp_path):
+    with pytest.raises(CollectError, match="does not exist"):
+        collect_source(SourceConfig(kind="stackexchange_dump", path=str(tmp_path / "nope")))
+    with pytest.raises(CollectError, match="no Posts"):
+        collect_source(SourceConfig(kind="stackexchange_dump", path=str(tmp_path)))
+    with pytest.raises(CollectError, match="not an ISO 8601"):
+        collect_source(SourceConfig(kind="stackexchange_dump", path=str(AI_DIR)), watermark="last tuesday")
+    with pytest.raises(CollectError, match="needs a path"):
+        collect_source(SourceConfig(kind="peerread"))
+    with pytest.raises(CollectError, match="venue id"):
+        collect_source(SourceConfig(kind="openreview"))
+
+
+def test_fingerprint_follows_local_content_and_is_empty_for_network_kinds(tmp_path):
+    folder = tmp_path / "dump"
+    shutil.copytree(AI_DIR, folder)
+    source = SourceConfig(kind="stackexchange_dump", path=str(folder))
+    first = source_fingerprint(source)
+    assert len(first) == 64 and first == source_fingerprint(source)
+    (folder / "Posts.xml").write_bytes((folder / "Posts.xml").read_bytes() + b"\n")
+    assert source_fingerprint(source) != first
+    single = SourceConfig(kind="peerread", path=str(folder / "Posts.xml"))
+    assert len(source_fingerprint(single)) == 64
+    missing = SourceConfig(kind="peerread", path=str(tmp_path / "gone"))
+    assert source_fingerprint(missing) != source_fingerprint(
+        SourceConfig(kind="peerread", path=str(tmp_path / "x"))
+    )
+    for kind in ("stackexchange_api", "arxiv_query", "openreview", "postgres"):
+        assert source_fingerprint(SourceConfig(kind=kind, query="q")) == ""
+
+
+def test_instructions_from_jsonl_and_yaml(tmp_path):
+    jsonl = tmp_path / "seeds.jsonl"
+    jsonl.write_text(
+        '{"type": "qa", "prompt": "What is a p-value?"}\n'
+        '{"type": "poem", "prompt": "x"}\n'
+        '{"type": "generation", "prompt": "  "}\n'
+        '{"id": "fixed", "type": "completion", "instruction": "Complete: the mean is"}\n'
+    )
+    found, rejected = read_instructions(jsonl)
+    assert [(i.type, i.prompt) for i in found] == [
+        ("qa", "What is a p-value?"),
+        ("completion", "Complete: the mean is"),
+    ]
+    assert found[1].id == "fixed" and found[0].id.startswith("instruction:")
+    assert [r.reason for r in rejected] == ["unknown type 'poem'", "empty prompt"]
+    yaml_file = tmp_path / "seeds.yaml"
+    yaml_file.write_text("- type: response\n  prompt: Respond politely.\n")
+    batch = collect_source(SourceConfig(kind="instructions", path=str(yaml_file)))
+    assert [r.prompt for r in batch.records] == ["Respond politely."]
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    with pytest.raises(CollectError, match="not valid json"):
+        read_instructions(broken)
+
+
+def test_retry_after_and_watermark_parsing():
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+    assert parse_watermark("2024-05-01T12:30:00Z") == WHEN
+    assert parse_watermark(None) is None
+    policy = RetryPolicy(base_delay_s=1.0, max_delay_s=4.0)
+    assert 0.5 <= policy.backoff(1) <= 1.0 and 2.0 <= policy.backoff(5) <= 4.0
