@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from flows.full import distill
+from flows.full import distill, exit_code
 
 FLOW_NAME = "distillery"
 _RUN_ID = re.compile(r"^(?P<recipe>.+)-(?P<stamp>\d{8}T\d{6}Z)-(?P<prefix>[0-9a-f]{8})(?:-[\w-]+)?$", re.IGNORECASE)
@@ -94,19 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         flow_run_id, name, parameters = asyncio.run(_failed_run(args.run))
     except BackfillError as exc:
         parser.error(str(exc))
-    # return_state: a run whose stage failed may end in a Failed state carrying its summary.
     state = distill.with_options(flow_run_name=f"backfill-of-{name}")(
         **_known_parameters(parameters), return_state=True)
-    summary = state.result(raise_on_failure=False)
-    if not isinstance(summary, dict):  # the flow itself crashed: no summary to print
-        print(f"backfill of {flow_run_id} ended {state.type.value}: {summary}", file=sys.stderr)
-        return 1
-    summary["backfill_of"] = str(flow_run_id)
-    print(json.dumps(summary, default=str), flush=True)
-    if summary["status"] != "completed":
-        return 1
-    return 0 if (summary.get("gate") or {}).get("passed") else 2
-
+    return exit_code(state, backfill_of=str(flow_run_id))
 
 if __name__ == "__main__":
     sys.exit(main())

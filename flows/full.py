@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 
 from flows.collect import collect_flow
 from flows.curate import curate_flow
@@ -34,8 +35,11 @@ from tasks.synthesize.variants import variant_output, variant_recipes
 
 @flow(name="distillery", log_prints=True)
 def distill(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
-            profile: str | None = None) -> dict[str, Any]:
+            profile: str | None = None) -> State:
     """Run every stage of a recipe; stages whose inputs did not change come from the cache.
+
+    The flow run ends Failed when a stage failed and Completed otherwise (with a "gate blocked"
+    message when the gate held the model back); either way its result is the run's summary.
 
     A recipe with ``variants`` builds one model per variant: after synthesize, curate through deploy
     run once per variant (each with its own recipe, run id and model name), and the summary shows
@@ -49,7 +53,29 @@ def distill(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
     start = time.perf_counter()
     r = load_recipe(recipe, overrides or [], profile)
     with recipe_lock(r.name, log=print):
-        return _run_stages(r, start)
+        summary = _run_stages(r, start)
+    failed = [name for name, stage in summary["stages"].items() if stage["status"] == "failed"]
+    if summary["status"] != "completed":
+        return Failed(message=f"stage failed: {', '.join(failed) or 'unknown'}", data=summary)
+    gate = summary.get("gate") or {}
+    if not gate.get("passed"):
+        return Completed(message="gate blocked: " + "; ".join(gate.get("reasons") or ["no gate decision"]),
+                         data=summary)
+    return Completed(data=summary)
+
+
+def exit_code(state: State, **extra: Any) -> int:
+    """Print a finished ``distill`` run's summary (plus ``extra``) as the last stdout line; the exit code:
+    0 gate passed, 2 gate blocked, 1 a stage failed or the flow crashed."""
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):  # the flow itself crashed: there is no summary to print
+        print(f"the run ended {state.type.value}: {summary}", file=sys.stderr)
+        return 1
+    summary.update(extra)
+    print(json.dumps(summary, default=str), flush=True)
+    if summary["status"] != "completed":
+        return 1
+    return 0 if (summary.get("gate") or {}).get("passed") else 2
 
 
 def _run_stages(r: Recipe, start: float) -> dict[str, Any]:
@@ -113,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         load_recipe(args.recipe, args.overrides, args.profile)  # fail fast, before Prefect starts
     except RecipeError as exc:
         parser.error(str(exc))
-    summary = distill(recipe=args.recipe, overrides=args.overrides, profile=args.profile)
-    print(json.dumps(summary, default=str), flush=True)
-    if summary["status"] != "completed":
-        return 1
-    return 0 if (summary["gate"] or {}).get("passed") else 2
+    return exit_code(distill(recipe=args.recipe, overrides=args.overrides, profile=args.profile, return_state=True))
 
 
 if __name__ == "__main__":
