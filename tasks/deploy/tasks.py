@@ -3,6 +3,11 @@
 Inputs: the run's artifacts, the gate decision, the served GGUF and Modelfile. Output: the published
 manifest, the ``latest`` pointer, and the Ollama deployment (or the reason it was skipped).
 Cached on everything but the run id: re-running an identical run publishes nothing new.
+
+Order: publish the run, deploy it to Ollama under its own tag and smoke-test it there (which moves
+Ollama's ``latest``), then move the store's ``latest`` with a compare-and-swap. If another publisher
+won that swap, Ollama's ``latest`` is pointed at the winner's tag again, so both keep naming the same
+run, and the stage fails without retrying (a retry would overrule a model that was gated and deployed).
 """
 
 from __future__ import annotations
@@ -13,12 +18,26 @@ from tasks.core.caching import cache_key_ignoring
 from tasks.core.recipe import DeployConfig
 from tasks.core.refs import ArtifactRef, StageOutput
 from tasks.core.settings import get_settings
-from tasks.core.store import get_store
-from tasks.deploy.publish import move_latest, publish_run
+from tasks.core.stage import retry_unless_permanent
+from tasks.core.store import PointerConflict, get_store
+from tasks.deploy.publish import move_latest, publish_run, read_latest
+
+
+def _retry_deploy(task, task_run, state) -> bool:
+    """Retry transient failures; a lost ``latest`` race or a failed smoke test is final."""
+    from tasks.deploy.ollama import BlobDigestMismatch, SmokeTestFailed
+
+    try:
+        state.result(raise_on_failure=True)
+    except (PointerConflict, SmokeTestFailed, BlobDigestMismatch):
+        return False
+    except Exception:  # noqa: BLE001 - the shared rules decide the rest
+        pass
+    return retry_unless_permanent(task, task_run, state)
 
 
 @task(cache_key_fn=cache_key_ignoring("run_id"), persist_result=True, result_serializer="json", retries=2,
-      retry_delay_seconds=[2, 10])
+      retry_delay_seconds=[2, 10], retry_condition_fn=_retry_deploy)
 def deploy_run(run_id: str, recipe: dict, artifacts: dict[str, ArtifactRef], lineage: dict, metrics: dict,
                gate: dict, gguf: ArtifactRef, modelfile: ArtifactRef, config: DeployConfig,
                json_schema: dict | None = None) -> StageOutput:
@@ -43,7 +62,20 @@ def deploy_run(run_id: str, recipe: dict, artifacts: dict[str, ArtifactRef], lin
     else:
         counts["ollama"] = "skipped: no Ollama host configured (DISTILLERY_OLLAMA_HOST)"
         logger.info("Ollama deploy skipped: DISTILLERY_OLLAMA_HOST is not set")
-    pointer = move_latest(store, recipe["name"], run_id)
+    try:
+        pointer = move_latest(store, recipe["name"], run_id)
+    except PointerConflict:
+        winner = (read_latest(store, recipe["name"]) or {}).get("run_id")
+        if host and winner:
+            from tasks.deploy.ollama import OllamaDeployError, rollback_ollama
+
+            try:
+                rollback_ollama(host, config.model_name, to_tag=winner)
+                logger.warning("another run (%s) moved latest first; Ollama's latest points at it again", winner)
+            except OllamaDeployError as exc:
+                logger.error("another run (%s) moved latest first, and Ollama's latest could not be pointed "
+                             "back at it: %s", winner, exc)
+        raise
     counts["latest"] = pointer["run_id"]
     counts["manifest_uri"] = f"{store.root}/runs/{run_id}/manifest.json"
     return StageOutput(artifacts={}, counts=counts)

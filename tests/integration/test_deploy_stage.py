@@ -59,7 +59,8 @@ def test_publish_gate_and_rollback_drill(prefect_harness, tmp_path, monkeypatch)
 
         assert deploy("stats-qa-r2", models["r2"], passed).status == "completed"
         assert json.loads(store.read_key("latest/stats-qa.json"))["run_id"] == "stats-qa-r2"
-        assert _latest_digest(host.url, "stats-qa") != r1_digest
+        r2_digest = _latest_digest(host.url, "stats-qa")
+        assert r2_digest != r1_digest
 
         # A candidate that fails the gate is published for inspection but moves nothing.
         blocked = deploy("stats-qa-r3", models["r1"], {**passed, "passed": False, "failures": ["rouge_l low"]})
@@ -72,3 +73,23 @@ def test_publish_gate_and_rollback_drill(prefect_harness, tmp_path, monkeypatch)
         pointer = json.loads(store.read_key("latest/stats-qa.json"))
         assert pointer["run_id"] == "stats-qa-r1" and pointer["rolled_back_from"] == "stats-qa-r2"
         assert _latest_digest(host.url, "stats-qa") == r1_digest
+
+        # Another publisher wins the store's compare-and-swap after this run's Ollama deploy moved
+        # Ollama's latest: Ollama is pointed back at the winner, and the stage fails without retrying
+        # (the DAG's StageRunner records the raised error as the stage's failure).
+        import tasks.deploy.tasks as deploy_tasks
+        from tasks.core.store import PointerConflict
+
+        real_move, attempts = deploy_tasks.move_latest, []
+
+        def lose_the_race(store_, recipe_name, run_id):
+            attempts.append(run_id)
+            real_move(store_, recipe_name, "stats-qa-r2")  # the other publisher's write lands first
+            raise PointerConflict(f"latest/{recipe_name}.json changed since it was read")
+
+        monkeypatch.setattr(deploy_tasks, "move_latest", lose_the_race)
+        with pytest.raises(PointerConflict, match="changed since it was read"):
+            deploy("stats-qa-r4", models["r1"], {**passed, "metrics": {"rouge_l": 0.3}})
+        assert attempts == ["stats-qa-r4"]
+        assert json.loads(store.read_key("latest/stats-qa.json"))["run_id"] == "stats-qa-r2"
+        assert _latest_digest(host.url, "stats-qa") == r2_digest
