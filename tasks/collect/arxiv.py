@@ -25,7 +25,15 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tasks.collect.common import CollectError, RetryPolicy, get_with_retries, logger, newest, utc
+from tasks.collect.common import (
+    CollectError,
+    RetryPolicy,
+    SourceConfigError,
+    get_with_retries,
+    logger,
+    newest,
+    utc,
+)
 from tasks.collect.records import Paper, PaperSection, Record, Rejected
 from tasks.core.hashing import sha256_file
 
@@ -392,7 +400,7 @@ def collect_local_pdfs(
     carry the title found in the PDF). A PDF whose Paper record is unchanged is not parsed again.
     """
     if not path.exists():
-        raise CollectError(f"arxiv_pdfs: {path} does not exist")
+        raise SourceConfigError(f"arxiv_pdfs: {path} does not exist")
     files = [path] if path.is_file() else sorted(path.glob("*.pdf"))
     metadata = _load_metadata(path if path.is_dir() else path.parent)
     out = ArxivResult()
@@ -550,7 +558,7 @@ def collect_arxiv_query(
     again. ``since`` keeps only results updated after it.
     """
     if not query and not ids:
-        raise CollectError("arxiv_query: needs a query or ids")
+        raise SourceConfigError("arxiv_query: needs a query or ids")
     what = f"arxiv_query {query!r}" if query else f"arxiv ids {ids[:3]}{'...' if len(ids) > 3 else ''}"
     source = f"arxiv:query:{query}" if query else "arxiv:ids"
     out = ArxivResult()

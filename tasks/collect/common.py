@@ -3,7 +3,8 @@
 The collectors talk to services outside our control, so the rules for transient failures live in one
 place: HTTP 429 and 5xx are retried with exponential backoff (``Retry-After`` wins when the server
 sends one), connection errors likewise, and anything else is a clear :class:`CollectError` that names
-the source and the reason. Nothing here logs a URL's query string with credentials in it.
+the source and the reason; a :class:`SourceConfigError` when the recipe itself is wrong. Nothing here
+logs a URL's query string with credentials in it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ logger = logging.getLogger("distillery.collect")
 
 class CollectError(RuntimeError):
     """One source could not be collected. The message names the source and the reason, never a secret."""
+
+
+class SourceConfigError(CollectError):
+    """The recipe's source entry is wrong (a missing path, a missing or bad option, an unknown table).
+
+    A retry cannot fix it, so the collect task fails at once instead of retrying.
+    """
 
 
 @dataclass(frozen=True)

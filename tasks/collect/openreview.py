@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.collect.common import CollectError, from_epoch, logger, newest, utc
+from tasks.collect.common import CollectError, SourceConfigError, from_epoch, logger, newest, utc
 from tasks.collect.records import Rejected, Review
 
 DEFAULT_API_V2 = "https://api2.openreview.net"
@@ -213,7 +213,7 @@ def read_openreview_files(
         and the newest review time seen.
     """
     if not path.exists():
-        raise CollectError(f"openreview_files: {path} does not exist")
+        raise SourceConfigError(f"openreview_files: {path} does not exist")
     files = [path] if path.is_file() else sorted(path.rglob("*.json"))
     reviews: list[Review] = []
     rejected: list[Rejected] = []
@@ -266,7 +266,7 @@ def make_client(options: dict[str, Any]):
     elif version == "v2":
         client = openreview.api.OpenReviewClient(baseurl=options.get("base_url", DEFAULT_API_V2))
     else:
-        raise CollectError(f"openreview: api_version must be v1 or v2, not {version!r}")
+        raise SourceConfigError(f"openreview: api_version must be v1 or v2, not {version!r}")
     retry = Retry(
         total=int(options.get("retry_attempts", 5)) - 1,
         connect=2,
@@ -399,7 +399,7 @@ def read_peerread(
     recommendation (or ``accepted``) is the decision. Review dates are day-precision.
     """
     if not path.exists():
-        raise CollectError(f"peerread: {path} does not exist")
+        raise SourceConfigError(f"peerread: {path} does not exist")
     files = [path] if path.is_file() else sorted(path.rglob("*.json"))
     reviews: list[Review] = []
     rejected: list[Rejected] = []

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tasks.collect.common import CollectError, logger, newest, utc
+from tasks.collect.common import CollectError, SourceConfigError, logger, newest, utc
 from tasks.collect.records import Profile, Rejected
 
 DEFAULT_COLUMNS: dict[str, str | None] = {
@@ -44,7 +44,8 @@ def resolve_dsn(options: dict[str, Any]) -> str:
     """The connection string: the Prefect Secret block ``options["secret_block"]`` or settings.
 
     Raises:
-        CollectError: no DSN configured, or the block cannot be loaded (message without the secret).
+        SourceConfigError: no DSN configured, or no Secret block of that name.
+        CollectError: the block cannot be loaded (the Prefect API failed). Messages never hold the secret.
     """
     block = options.get("secret_block")
     if block:
@@ -52,15 +53,14 @@ def resolve_dsn(options: dict[str, Any]) -> str:
 
         try:
             return str(Secret.load(str(block)).get())
-        except Exception as exc:  # noqa: BLE001 - a missing block is a ValueError or an HTTP error
-            raise CollectError(
-                f"postgres: cannot load Secret block {block!r}: {type(exc).__name__}"
-            ) from None
+        except Exception as exc:  # noqa: BLE001 - a missing block is a ValueError, else an HTTP error
+            error = SourceConfigError if isinstance(exc, ValueError) else CollectError
+            raise error(f"postgres: cannot load Secret block {block!r}: {type(exc).__name__}") from None
     from tasks.core.settings import get_settings
 
     dsn = get_settings().postgres_dsn
     if dsn is None or not dsn.get_secret_value():
-        raise CollectError(
+        raise SourceConfigError(
             "postgres: no connection string; set DISTILLERY_POSTGRES_DSN or options.secret_block"
         )
     return dsn.get_secret_value()
@@ -205,12 +205,14 @@ def collect_profiles(
         (newest-first order means older rows were not seen, so the watermark must not move).
 
     Raises:
-        CollectError: configuration or database errors, with the connection string scrubbed.
+        SourceConfigError: no ``scored_by``, no DSN, or a table, column or privilege the recipe names
+            wrong (the server's ProgrammingError).
+        CollectError: other database errors. Messages have the connection string scrubbed.
     """
     import psycopg
 
     if not scored_by:
-        raise CollectError("postgres: options.scored_by (or query) must name the scoring model")
+        raise SourceConfigError("postgres: options.scored_by (or query) must name the scoring model")
     schema = str(options.get("schema", "public"))
     scores_table = str(options.get("scores_table", "profile_scores"))
     profiles_table = str(options.get("profiles_table", "user_profiles"))
@@ -246,6 +248,8 @@ def collect_profiles(
                 result = profile_from_row(row, source)
                 (rejected if isinstance(result, Rejected) else profiles).append(result)
     except psycopg.Error as exc:
+        # An unknown table or column, or a missing privilege, stays wrong until the recipe changes.
+        error = SourceConfigError if isinstance(exc, psycopg.ProgrammingError) else CollectError
         # `from None`: the original exception (and its context) may quote the connection string.
-        raise CollectError(f"postgres {source}: {scrub(f'{type(exc).__name__}: {exc}', dsn)}") from None
+        raise error(f"postgres {source}: {scrub(f'{type(exc).__name__}: {exc}', dsn)}") from None
     return profiles, rejected, (None if cut else newest_seen)

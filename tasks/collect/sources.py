@@ -11,8 +11,9 @@ same way for every collector:
 * ``known``: an item whose id and content sha the store already holds is counted as unchanged and
   left out, so collecting the same content again never duplicates it.
 
-A failure of the whole source (unreachable service, bad configuration, retries exhausted) raises
-:class:`~tasks.collect.common.CollectError`; a bad item is a :class:`Rejected` record in the batch.
+A failure of the whole source (unreachable service, retries exhausted) raises
+:class:`~tasks.collect.common.CollectError`, a wrong source entry (missing path, missing option) its
+subclass :class:`~tasks.collect.common.SourceConfigError`; a bad item is a :class:`Rejected` record.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from tasks.collect.common import CollectError, logger, newest, parse_watermark
+from tasks.collect.common import CollectError, SourceConfigError, logger, newest, parse_watermark
 from tasks.collect.records import Instruction, Paper, PaperSection, Profile, QAPair, Record, Rejected, Review
 from tasks.core.hashing import sha256_bytes, sha256_dir, sha256_file
 from tasks.core.recipe import SourceConfig
@@ -110,7 +111,7 @@ def read_instructions(path: Path, limit: int | None = None) -> tuple[list[Instru
     or a hash of type and prompt, so the same seed is the same record across files.
     """
     if not path.is_file():
-        raise CollectError(f"instructions: {path} is not a file")
+        raise SourceConfigError(f"instructions: {path} is not a file")
     text = path.read_text(encoding="utf-8")
     source = f"instructions:{path.name}"
     try:
@@ -153,7 +154,7 @@ def read_instructions(path: Path, limit: int | None = None) -> tuple[list[Instru
 def _required_path(source: SourceConfig) -> Path:
     path = source.resolved_path()
     if path is None:
-        raise CollectError(f"{source.kind}: needs a path")
+        raise SourceConfigError(f"{source.kind}: needs a path")
     return path
 
 
@@ -164,12 +165,12 @@ def _collect_stackexchange_dump(source: SourceConfig, since: datetime | None):
     if path.is_dir():
         files = sorted(path.glob("Posts*.xml"))
         if not files:
-            raise CollectError(f"stackexchange_dump: no Posts*.xml in {path}")
+            raise SourceConfigError(f"stackexchange_dump: no Posts*.xml in {path}")
         folder = path
     elif path.is_file():
         files, folder = [path], path.parent
     else:
-        raise CollectError(f"stackexchange_dump: {path} does not exist")
+        raise SourceConfigError(f"stackexchange_dump: {path} does not exist")
     site = str(source.options.get("site") or source.query or folder.name)
     records: list[Record] = []
     rejected: list[Rejected] = []
@@ -245,7 +246,7 @@ def _collect_openreview(source: SourceConfig, since: datetime | None):
     from tasks.collect.openreview import collect_openreview_api
 
     if not source.query:
-        raise CollectError("openreview: query must be the venue id, e.g. ICLR.cc/2026/Conference")
+        raise SourceConfigError("openreview: query must be the venue id, e.g. ICLR.cc/2026/Conference")
     options = dict(source.options)
     if source.ids:
         options["forum_ids"] = list(source.ids)
@@ -298,6 +299,7 @@ def collect_source(
 
     Raises:
         CollectError: the source as a whole could not be collected.
+        SourceConfigError: the source entry is wrong (a retry cannot help).
     """
     known = known or {}
     since = parse_watermark(watermark)
@@ -324,7 +326,7 @@ def collect_source(
     elif kind == "instructions":
         records, rejected, mark, skipped = _collect_instructions(source, fetch_since)
     else:  # the recipe schema makes this unreachable; kept for a clear message if it grows
-        raise CollectError(f"no collector for source kind {kind!r}")
+        raise SourceConfigError(f"no collector for source kind {kind!r}")
 
     fresh: dict[str, Record] = {}
     for record in records:

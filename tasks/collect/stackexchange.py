@@ -10,8 +10,8 @@ whose accepted answer is not in the file becomes a :class:`Rejected` record.
 API: ``GET /questions?site=...&filter=withbody&sort=activity&order=asc&min=<watermark>``, then
 ``GET /answers/{ids}`` for the accepted answers of each page. Ascending activity order means a run cut
 short (limit, quota) still advances the watermark safely: everything older was seen. The ``backoff``
-field is obeyed per method, ``quota_remaining`` stops the run before it reaches 0, and 429/5xx are
-retried (see :mod:`tasks.collect.common`).
+field is obeyed per method, ``quota_remaining`` stops the run before it reaches 0, and 429/5xx and
+``throttle_violation`` are retried (see :mod:`tasks.collect.common`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import requests
 from tasks.collect.common import (
     CollectError,
     RetryPolicy,
+    SourceConfigError,
     from_epoch,
     get_with_retries,
     html_to_markdown,
@@ -41,6 +42,13 @@ from tasks.collect.records import QAPair, Rejected
 
 DEFAULT_SITE = "stats.stackexchange.com"
 DEFAULT_API_BASE = "https://api.stackexchange.com/2.3"
+# API error ids (https://api.stackexchange.com/docs/error-handling). throttle_violation comes with
+# HTTP 400 yet passes once waited out; the request errors (bad_parameter, e.g. an unknown site or
+# key, access_token_required, invalid_access_token, access_denied, no_method, key_required,
+# access_token_compromised) fail the same way on every try.
+THROTTLE_VIOLATION = 502
+REQUEST_ERRORS = frozenset({400, 401, 402, 403, 404, 405, 406})
+_THROTTLE_SECONDS = re.compile(r"available in (\d+(?:\.\d+)?) seconds?")
 _TRILOGY = {
     "stackoverflow": "stackoverflow.com",
     "superuser": "superuser.com",
@@ -162,7 +170,7 @@ def parse_posts_xml(
             pairs.append(result)
 
     if not Path(path).is_file():
-        raise CollectError(f"stackexchange_dump: {path} is not a file")
+        raise SourceConfigError(f"stackexchange_dump: {path} is not a file")
     # resolve_entities=False and no_network: a hostile dump cannot pull in files or URLs (XXE).
     context = etree.iterparse(
         str(path), events=("end",), tag="row", huge_tree=True, resolve_entities=False, no_network=True
@@ -237,8 +245,13 @@ class StackExchangeClient:
     def get(self, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
         """One API call: waits out a previous ``backoff`` for ``method``; returns the parsed wrapper.
 
+        A ``throttle_violation`` is retried like a 429: after the wait its message names ("more
+        requests available in N seconds"), or the policy's backoff when it names none.
+
         Raises:
-            CollectError: an API error wrapper, an unexpected status, or a body that is not JSON.
+            SourceConfigError: the API refuses the request itself (an unknown site, a bad key or token).
+            CollectError: any other API error wrapper, an unexpected status, a body that is not JSON,
+                or a throttle that outlasts the policy's tries or ``max_retry_after_s``.
         """
         wait = self._not_before.get(method, 0.0) - time.monotonic()
         if wait > 0:
@@ -250,25 +263,36 @@ class StackExchangeClient:
         if self.key:
             query["key"] = self.key
         what = f"stackexchange_api /{method}"
-        response = get_with_retries(
-            self.session,
-            self.base_url.rstrip("/") + path,
-            what=what,
-            params=query,
-            policy=self.policy,
-            sleep=self.sleep,
-        )
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise CollectError(
-                f"{what}: HTTP {response.status_code} with a body that is not JSON ({response.text[:80]!r})"
-            ) from exc
-        if not isinstance(data, dict):
-            raise CollectError(f"{what}: expected a JSON object, got {type(data).__name__}")
-        if "error_id" in data or response.status_code >= 400:
-            raise CollectError(
-                f"{what}: HTTP {response.status_code} error {data.get('error_id')} "
+        for attempt in range(1, self.policy.attempts + 1):
+            response = get_with_retries(
+                self.session,
+                self.base_url.rstrip("/") + path,
+                what=what,
+                params=query,
+                policy=self.policy,
+                sleep=self.sleep,
+            )
+            data = _json_object(response, what)
+            if data.get("error_id") != THROTTLE_VIOLATION:
+                return self._accept(method, what, response.status_code, data)
+            wait = throttle_wait(data.get("error_message"), self.policy, attempt, what)
+            if attempt < self.policy.attempts:
+                logger.warning(
+                    "%s: throttle_violation (try %d/%d), waiting %.2fs",
+                    what,
+                    attempt,
+                    self.policy.attempts,
+                    wait,
+                )
+                self.sleep(wait)
+        raise CollectError(f"{what}: gave up after {self.policy.attempts} tries: throttle_violation")
+
+    def _accept(self, method: str, what: str, status: int, data: dict[str, Any]) -> dict[str, Any]:
+        """Check a wrapper that is not a throttle, note its ``backoff`` and quota, and return it."""
+        if "error_id" in data or status >= 400:
+            error = SourceConfigError if data.get("error_id") in REQUEST_ERRORS else CollectError
+            raise error(
+                f"{what}: HTTP {status} error {data.get('error_id')} "
                 f"{data.get('error_name')}: {data.get('error_message')}"
             )
         if not isinstance(data.get("items"), list):
@@ -278,6 +302,36 @@ class StackExchangeClient:
         if data.get("quota_remaining") is not None:
             self.quota_remaining = int(data["quota_remaining"])
         return data
+
+
+def _json_object(response: requests.Response, what: str) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise CollectError(
+            f"{what}: HTTP {response.status_code} with a body that is not JSON ({response.text[:80]!r})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise CollectError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def throttle_wait(message: str | None, policy: RetryPolicy, attempt: int, what: str) -> float:
+    """Seconds to wait after throttle number ``attempt``: what the message asks, else the backoff.
+
+    Raises:
+        CollectError: the API asks to wait longer than ``policy.max_retry_after_s``.
+    """
+    match = _THROTTLE_SECONDS.search(message or "")
+    if match is None:
+        return policy.backoff(attempt)
+    asked = float(match.group(1))
+    if asked > policy.max_retry_after_s:
+        raise CollectError(
+            f"{what}: throttle_violation asks to wait {asked:.0f}s, longer than the allowed "
+            f"{policy.max_retry_after_s:.0f}s; try again later"
+        )
+    return asked
 
 
 class QuotaExhausted(CollectError):

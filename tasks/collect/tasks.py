@@ -8,6 +8,9 @@ Incremental state lives in the store at ``state/collect/<recipe>/<sha of the sou
 the ref of the last records JSONL and the watermark. Each run loads it, collects only what is new
 or changed, merges (same id: the newer content replaces the older), writes the merged JSONL and moves
 the state with a compare-and-swap, so two concurrent runs cannot both win.
+
+A failed source is retried twice (after 2 s and 10 s), except when its recipe entry is wrong
+(:func:`retry_collect`): a missing file or option fails at once with its message.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any
 
 from prefect import task
 
-from tasks.collect.common import logger
+from tasks.collect.common import SourceConfigError, logger
 from tasks.collect.records import Record, Rejected
 from tasks.collect.sources import collect_source, read_records_jsonl, write_records_jsonl
 from tasks.core.caching import source_hash_of, stage_cache_key, weekly_cache_key
 from tasks.core.hashing import sha256_json
 from tasks.core.recipe import SourceConfig
 from tasks.core.refs import ArtifactRef, StageOutput
+from tasks.core.stage import retry_unless_permanent
 from tasks.core.store import ArtifactStore, StoreError, get_store
 
 STATE_VERSION = 1
@@ -106,7 +110,7 @@ def collect_into_store(
         ``updated``, ``unchanged``, ``rejected`` and the ``watermark``.
 
     Raises:
-        CollectError: the source failed as a whole.
+        CollectError: the source failed as a whole (``SourceConfigError``: its recipe entry is wrong).
         PointerConflict: another run moved the state first (the task's retry starts over from it).
     """
     store = store or get_store()
@@ -156,10 +160,27 @@ def collect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return sha256_json({"base": base, "collectors": source_hash_of(context.task.fn, _COLLECTOR_MODULES)})
 
 
+def retry_collect(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed source, unless its recipe entry is wrong.
+
+    A :class:`~tasks.collect.common.SourceConfigError` (missing path, missing option, unknown site or
+    table) or a missing file fails at once; a lost state race (``PointerConflict``) and service
+    failures are retried; the shared rules decide the rest (a ``ValueError`` is final).
+    """
+    try:
+        state.result(raise_on_failure=True)
+    except (SourceConfigError, FileNotFoundError):
+        return False
+    except Exception:  # noqa: BLE001 - the shared rules decide the rest
+        return retry_unless_permanent(task, task_run, state)
+    return True
+
+
 @task(
     name="collect_source",
     retries=2,
     retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_collect,
     cache_key_fn=collect_cache_key,
     persist_result=True,
     result_serializer="json",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.collect.common import CollectError
+from tasks.collect.common import CollectError, SourceConfigError
 from tasks.collect.postgres import DEFAULT_COLUMNS, build_export_query, collect_profiles, stream_rows
 from tasks.collect.records import Profile
 from tasks.collect.sources import collect_source
@@ -159,6 +159,14 @@ def test_hostile_identifiers_are_names_not_sql(db):
     with pytest.raises(CollectError, match="UndefinedTable"):
         collect_source(bad)
     assert db.sentinel_exists()
+
+
+def test_a_table_or_column_the_database_lacks_is_a_config_error(db):
+    db.add("a", "b", 0.5, "gpt-4o", T0)
+    with pytest.raises(SourceConfigError, match="UndefinedTable"):
+        collect_source(db.source(scores_table="profile_scorez"))
+    with pytest.raises(SourceConfigError, match="UndefinedColumn"):
+        collect_source(db.source(columns={"bio": "biography"}))
 
 
 def test_postgres_text_refuses_nul_so_it_never_reaches_the_collector(db):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import requests
 
 from tasks.collect.arxiv import _download
-from tasks.collect.common import CollectError, RetryPolicy
+from tasks.collect.common import CollectError, RetryPolicy, SourceConfigError
 from tasks.collect.records import Paper, PaperSection
 from tasks.collect.sources import collect_source
 from tasks.core.recipe import SourceConfig
@@ -188,10 +189,41 @@ def test_stackexchange_errors_end_the_source_clearly(server):
     server.script("/se/2.3/questions", [Canned(200, b'{"items": [ {"question_id": ')])
     with pytest.raises(CollectError, match="not JSON"):
         collect_source(SourceConfig(kind="stackexchange_api", query="ai", options=_se(server)))
-    throttle = b'{"error_id": 502, "error_name": "throttle_violation", "error_message": "too many requests"}'
-    server.script("/se/2.3/questions", [Canned(400, throttle)])
-    with pytest.raises(CollectError, match="throttle_violation"):
-        collect_source(SourceConfig(kind="stackexchange_api", query="ai", options=_se(server)))
+    unknown_site = {"error_id": 400, "error_name": "bad_parameter", "error_message": "No site found for name"}
+    server.script("/se/2.3/questions", [Canned(400, json.dumps(unknown_site).encode())])
+    asked = server.count("/se/2.3/questions")
+    with pytest.raises(SourceConfigError, match="bad_parameter: No site found"):
+        collect_source(SourceConfig(kind="stackexchange_api", query="nowhere", options=_se(server)))
+    assert server.count("/se/2.3/questions") == asked + 1  # a refused request is not repeated
+
+
+def _throttle(message: str) -> Canned:
+    body = {"error_id": 502, "error_name": "throttle_violation", "error_message": message}
+    return Canned(400, json.dumps(body).encode())
+
+
+def test_stackexchange_throttle_violation_waits_as_the_api_says(server):
+    server.script("/se/2.3/questions", [_throttle("too many requests, more requests available in 1 seconds")])
+    batch = collect_source(SourceConfig(kind="stackexchange_api", query="ai", options=_se(server)))
+    assert len(batch.records) == 60
+    calls = [s for s in server.requests if s.path == "/se/2.3/questions"]
+    assert [c.status for c in calls[:2]] == [400, 200] and calls[1].at - calls[0].at >= 0.95
+
+
+def test_stackexchange_throttle_violation_is_bounded_by_the_retry_policy(server):
+    # Without a number the policy's backoff applies, for at most retry_attempts tries.
+    source = SourceConfig(kind="stackexchange_api", query="ai", options=_se(server))
+    server.script("/se/2.3/questions", [_throttle("too many requests from this IP")] * 2)
+    assert len(collect_source(source).records) == 60
+    server.script("/se/2.3/questions", [_throttle("too many requests from this IP")] * 4)
+    with pytest.raises(CollectError, match="gave up after 4 tries: throttle_violation"):
+        collect_source(source)
+    # A wait longer than max_retry_after_s ends the source at once instead of blocking the run.
+    server.script("/se/2.3/questions", [_throttle("more requests available in 82962 seconds")])
+    started = time.monotonic()
+    with pytest.raises(CollectError, match="asks to wait 82962s, longer than the allowed 600s"):
+        collect_source(source)
+    assert time.monotonic() - started < 5
 
 
 def test_stackexchange_empty_result_is_not_an_error(server):

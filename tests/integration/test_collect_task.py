@@ -190,3 +190,54 @@ def test_the_prefect_task_runs_caches_and_reads_a_secret_block(collect_prefect_h
             assert dsn not in Path(out["records"].uri.removeprefix("file://")).read_text()
         finally:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(ident))
+
+
+def test_a_wrong_source_entry_fails_at_once_and_a_service_failure_is_retried(
+    collect_prefect_harness, home, monkeypatch
+):
+    from prefect import flow
+
+    import tasks.collect.tasks as collect_tasks
+    from tasks.collect.common import CollectError
+
+    tries: list[str] = []
+    real_collect = collect_tasks.collect_source
+
+    def counted(source, **kwargs):
+        tries.append(source.kind)
+        return real_collect(source, **kwargs)
+
+    def unreachable(source, **kwargs):
+        tries.append(source.kind)
+        raise CollectError("stackexchange_api /questions: gave up after 5 tries: HTTP 503")
+
+    # Without delays, so a retried failure costs no time either.
+    fast_task = collect_source_task.with_options(retry_delay_seconds=0)
+    recipe = f"retry-{uuid.uuid4().hex[:8]}"
+
+    def run_once(source: SourceConfig) -> tuple[bool, str]:
+        @flow
+        def collect_one() -> tuple[bool, str]:
+            state = fast_task(source, source_fingerprint(source), recipe, return_state=True)
+            return state.is_failed(), state.message or ""
+
+        tries.clear()
+        return collect_one()
+
+    monkeypatch.setattr(collect_tasks, "collect_source", counted)
+    missing_dump = SourceConfig(kind="stackexchange_dump", path=str(home / "no-dump" / "Posts.xml"))
+    failed, message = run_once(missing_dump)
+    assert failed and "SourceConfigError" in message and "does not exist" in message
+    assert tries == ["stackexchange_dump"]
+
+    no_block = SourceConfig(
+        kind="postgres", query="gpt-4o", options={"secret_block": f"absent-{uuid.uuid4().hex[:8]}"}
+    )
+    failed, message = run_once(no_block)
+    assert failed and "cannot load Secret block" in message
+    assert tries == ["postgres"]
+
+    monkeypatch.setattr(collect_tasks, "collect_source", unreachable)
+    failed, message = run_once(SourceConfig(kind="stackexchange_api", query="ai"))
+    assert failed and "HTTP 503" in message
+    assert tries == ["stackexchange_api"] * 3  # the first try and both retries

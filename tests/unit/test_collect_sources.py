@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.collect.common import CollectError, RetryPolicy, parse_watermark, retry_after_seconds
+from tasks.collect.common import (
+    CollectError,
+    RetryPolicy,
+    SourceConfigError,
+    parse_watermark,
+    retry_after_seconds,
+)
 from tasks.collect.records import Instruction, Paper, PaperSection, Profile, QAPair, Rejected, Review
 from tasks.collect.sources import (
     CollectBatch,
@@ -20,7 +26,9 @@ from tasks.collect.sources import (
     source_fingerprint,
     write_records_jsonl,
 )
+from tasks.collect.tasks import retry_collect
 from tasks.core.recipe import SourceConfig
+from tasks.core.store import PointerConflict
 
 REPO = Path(__file__).resolve().parents[2]
 AI_DIR = REPO / "data" / "sample" / "stackexchange" / "ai.stackexchange.com"
@@ -112,16 +120,36 @@ def test_a_limit_cut_does_not_advance_the_watermark():
 
 
 def test_missing_paths_and_bad_watermarks_are_clear_errors(tmp_path):
-    with pytest.raises(CollectError, match="does not exist"):
+    with pytest.raises(SourceConfigError, match="does not exist"):
         collect_source(SourceConfig(kind="stackexchange_dump", path=str(tmp_path / "nope")))
-    with pytest.raises(CollectError, match="no Posts"):
+    with pytest.raises(SourceConfigError, match="no Posts"):
         collect_source(SourceConfig(kind="stackexchange_dump", path=str(tmp_path)))
     with pytest.raises(CollectError, match="not an ISO 8601"):
         collect_source(SourceConfig(kind="stackexchange_dump", path=str(AI_DIR)), watermark="last tuesday")
-    with pytest.raises(CollectError, match="needs a path"):
+    with pytest.raises(SourceConfigError, match="needs a path"):
         collect_source(SourceConfig(kind="peerread"))
-    with pytest.raises(CollectError, match="venue id"):
+    with pytest.raises(SourceConfigError, match="venue id"):
         collect_source(SourceConfig(kind="openreview"))
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (SourceConfig(kind="stackexchange_dump", path="data/sample/no-such-dump/Posts.xml"), "not exist"),
+        (SourceConfig(kind="arxiv_pdfs", path="data/sample/no-such-folder"), "does not exist"),
+        (SourceConfig(kind="arxiv_query"), "needs a query or ids"),
+        (SourceConfig(kind="openreview_files", path="data/sample/no-such-folder"), "does not exist"),
+        (SourceConfig(kind="openreview", query="ICLR.cc/2026/Conference", options={"api_version": "v3"}),
+         "api_version must be v1 or v2"),
+        (SourceConfig(kind="instructions", path="data/sample/no-such-seeds.jsonl"), "is not a file"),
+        (SourceConfig(kind="postgres"), "must name the scoring model"),
+    ],
+    ids=["dump", "pdfs", "query", "openreview-files", "api-version", "instructions", "postgres"],
+)
+def test_a_wrong_source_entry_is_a_config_error(source, message):
+    # No network and no database: each is refused before any service is asked.
+    with pytest.raises(SourceConfigError, match=message):
+        collect_source(source)
 
 
 def test_fingerprint_follows_local_content_and_is_empty_for_network_kinds(tmp_path):
@@ -175,3 +203,29 @@ def test_retry_after_and_watermark_parsing():
     assert parse_watermark(None) is None
     policy = RetryPolicy(base_delay_s=1.0, max_delay_s=4.0)
     assert 0.5 <= policy.backoff(1) <= 1.0 and 2.0 <= policy.backoff(5) <= 4.0
+
+
+class _FailedState:
+    """The part of a Prefect state a ``retry_condition_fn`` reads: a result that raises."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def result(self, raise_on_failure: bool = True):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (SourceConfigError("stackexchange_dump: data/x/Posts.xml does not exist"), False),
+        (FileNotFoundError("data/x/Posts.xml"), False),
+        (ValueError("'sideways' is not a valid SortOrder"), False),
+        (CollectError("stackexchange_api /questions: gave up after 5 tries: HTTP 503"), True),
+        (ConnectionError("reset by peer"), True),
+        (PointerConflict("another run moved the state"), True),  # the retry starts from the winner's state
+    ],
+    ids=["config", "missing-file", "value", "service", "connection", "state-race"],
+)
+def test_the_collect_task_retries_only_what_a_retry_can_fix(error, retried):
+    assert retry_collect(None, None, _FailedState(error)) is retried

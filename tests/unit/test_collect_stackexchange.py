@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.collect.common import CollectError, html_to_markdown
-from tasks.collect.stackexchange import parse_posts_xml, parse_tags, site_domain
+from tasks.collect.common import CollectError, RetryPolicy, SourceConfigError, html_to_markdown
+from tasks.collect.stackexchange import parse_posts_xml, parse_tags, site_domain, throttle_wait
 
 REPO = Path(__file__).resolve().parents[2]
 STATS = REPO / "data" / "sample" / "stackexchange" / "stats.stackexchange.com" / "Posts_sample.xml"
@@ -118,8 +118,20 @@ def test_malformed_and_missing_dumps_are_clear_errors(tmp_path):
     broken.write_bytes(AI.read_bytes()[:5000])
     with pytest.raises(CollectError, match="not well-formed XML"):
         parse_posts_xml(broken, "ai")
-    with pytest.raises(CollectError, match="is not a file"):
+    with pytest.raises(SourceConfigError, match="is not a file"):
         parse_posts_xml(tmp_path / "absent.xml", "ai")
+
+
+def test_throttle_wait_is_what_the_api_asks_within_the_policy():
+    policy = RetryPolicy(base_delay_s=1.0, max_delay_s=4.0, max_retry_after_s=600.0)
+    asked = "too many requests from this IP, more requests available in 45 seconds"
+    assert throttle_wait(asked, policy, 1, "se") == 45.0
+    assert throttle_wait("more requests available in 1 second", policy, 3, "se") == 1.0
+    # No number in the message: the policy's backoff, capped like any other.
+    assert 0.5 <= throttle_wait("too many requests from this IP", policy, 1, "se") <= 1.0
+    assert 2.0 <= throttle_wait(None, policy, 5, "se") <= 4.0
+    with pytest.raises(CollectError, match="asks to wait 82962s, longer than the allowed 600s"):
+        throttle_wait("too many requests, more requests available in 82962 seconds", policy, 1, "se")
 
 
 def test_parse_tags_reads_both_dump_schemas():
