@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -137,6 +138,16 @@ def precision_kwargs(train: dict[str, Any]) -> dict[str, Any]:
         warnings.warn(f"precision {precision} asked for without CUDA; training in fp32", stacklevel=2)
         return {}
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def warmup_steps(opt: dict[str, Any]) -> float:
+    """``warmup_steps`` for the trainer: the recipe's share of the steps (a value below 1 is a share),
+    except that warmup never takes every step. With max_steps=1 and any warmup the only step would
+    run at learning rate 0 and the "trained" adapter would be its initialization."""
+    ratio, max_steps = opt["warmup_ratio"], opt["max_steps"]
+    if max_steps > 0 and math.ceil(ratio * max_steps) >= max_steps:
+        return 0
+    return ratio
 
 
 def load_base(model_dir: Path, train: dict[str, Any]):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     dpo_args = DPOConfig(
         output_dir=str(args.checkpoint_dir), seed=train["seed"], data_seed=train["seed"], beta=opt["beta"],
         learning_rate=opt["learning_rate"], lr_scheduler_type=opt["scheduler"],
-        warmup_steps=opt["warmup_ratio"],  # below 1: a share of the steps
+        warmup_steps=common.warmup_steps(opt),
         num_train_epochs=opt["epochs"], max_steps=opt["max_steps"],
         per_device_train_batch_size=opt["batch_size"],
         gradient_accumulation_steps=opt["gradient_accumulation"], max_length=opt["max_seq_len"],

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     sft_args = SFTConfig(
         output_dir=str(args.checkpoint_dir), seed=train["seed"], data_seed=train["seed"],
         learning_rate=opt["learning_rate"], lr_scheduler_type=opt["scheduler"],
-        warmup_steps=opt["warmup_ratio"],  # below 1: a share of the steps
+        warmup_steps=common.warmup_steps(opt),
         num_train_epochs=opt["epochs"], max_steps=opt["max_steps"],
         per_device_train_batch_size=opt["batch_size"],
         per_device_eval_batch_size=opt["batch_size"],

@@ -323,3 +323,24 @@ def test_entrypoint_help_runs_without_heavy_imports():
         check=False,
     )
     assert result.returncode == 0 and "--init-adapter" in result.stdout
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 3, 12, -1])
+def test_warmup_never_takes_every_step(max_steps):
+    import torch
+    from transformers import TrainingArguments, get_scheduler
+
+    opt = {"warmup_ratio": 0.1, "max_steps": max_steps}
+    args = TrainingArguments(output_dir="unused", warmup_steps=common.warmup_steps(opt), report_to=[])
+    steps = max_steps if max_steps > 0 else 50  # by epochs: the trainer's own count
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_scheduler("linear", optimizer, num_warmup_steps=args.get_warmup_steps(steps),
+                             num_training_steps=steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert max(rates) > 0, rates  # at least one real update
+    if max_steps in (12, -1):
+        assert rates[0] == 0.0  # a real warmup where there are steps to spare
