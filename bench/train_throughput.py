@@ -237,7 +237,7 @@ def ensure_model(model_dir: Path | None) -> Path:
 
     folder = model_dir or get_settings().models_dir / "bench-smollm2-135m"
     if not (folder / "config.json").exists():
-        from tasks.train.base_model import export_base_model
+        from tasks.base.export import export_base_model
 
         print(f"exporting SmolLM2-135M to {folder} (once) ...", file=sys.stderr, flush=True)
         export_base_model("smollm2-135m", folder)

@@ -3,11 +3,11 @@ baseline: the untrained base scored on the held-out set before any training (val
 
 from prefect import flow
 
+from tasks.base.tasks import prepare_base_model
 from tasks.core.recipe import Recipe
 from tasks.core.refs import StageOutput
 from tasks.core.stage import StageResult, combine, run_task
 from tasks.curate.tasks import curate_dataset
-from tasks.train.tasks import prepare_base_model
 from tasks.validate.tasks import evaluate_model, evaluation_params
 
 

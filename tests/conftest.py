@@ -22,8 +22,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "e2e" in item.keywords and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(3600))
-        if item.path.name.startswith("test_recipe_") and item.path.parent.name == "e2e":
-            item.add_marker(pytest.mark.recipe_e2e)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items or _has_cuda():  # importing torch costs seconds: only when a GPU test is collected
         return
@@ -58,7 +56,7 @@ def prefect_harness(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory):
     """SmolLM2-135M as a transformers folder (dequantized from the packaged GGUF once per session)."""
-    from tasks.train.base_model import export_base_model
+    from tasks.base.export import export_base_model
 
     return export_base_model("smollm2-135m", tmp_path_factory.mktemp("base") / "base-model")
 

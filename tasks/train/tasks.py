@@ -1,14 +1,11 @@
 """Prefect tasks of the train stage.
 
-``prepare_base_model``: built-in name / GGUF / folder -> the base model folder (kind ``model``).
 ``train_adapter``: base model + dataset (+ an adapter to continue) -> LoRA adapter, metrics, loss curve.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -19,17 +16,6 @@ from tasks.core.recipe import TrainConfig
 from tasks.core.refs import ArtifactRef, StageOutput
 from tasks.core.settings import get_settings
 from tasks.core.store import get_store
-
-
-@task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def prepare_base_model(base_model: str, trust_remote_code: bool = False) -> StageOutput:
-    """The student's base model as a transformers folder in the store."""
-    from tasks.train.base_model import export_base_model
-
-    with tempfile.TemporaryDirectory(dir=_scratch()) as tmp:
-        folder = export_base_model(base_model, Path(tmp) / "base-model", trust_remote_code)
-        ref = get_store().put_dir(folder, kind="model", name="base-model")
-    return StageOutput(artifacts={"model": ref}, counts={"bytes": ref.bytes})
 
 
 def training_run_key(method: str, base: ArtifactRef, data: ArtifactRef, init: ArtifactRef | None,
@@ -79,9 +65,3 @@ def train_adapter(method: str, base_model: ArtifactRef, data: ArtifactRef, train
                                           "resumed_from", "examples", "pairs", "tokens_seen", "sagemaker_job",
                                           "billable_time_s") if k in metrics}
     return StageOutput(artifacts={"adapter": adapter, "curve": curve_ref}, counts=counts)
-
-
-def _scratch() -> Path:
-    path = get_settings().work_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
