@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all test-fast bench clean
+.PHONY: install run test test-fast bench clean
 
 install: $(STAMP)
 
@@ -21,19 +21,16 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m flows.full $(ARGS)
 
-# The default suite: unit, integration, and the whole DAG end to end on the default recipe.
+# Everything: unit, integration, and the whole DAG end to end for every recipe (smoke profiles).
 test: install
-	$(PY) -m pytest -m "not recipe_e2e" $(PYTEST_ARGS)
-
-# Everything, including one whole-DAG run per non-default recipe (about 4 minutes each).
-test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) bench/teacher_throughput.py
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf .distillery

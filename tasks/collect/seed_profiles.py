@@ -245,7 +245,7 @@ def seed(dsn: str, limit: int | None = None, teacher_config: Any = None) -> dict
         counts = upsert(conn, profiles, labels, scored_by)
         conn.commit()
         total = conn.execute("SELECT count(*) FROM profile_scores WHERE scored_by = %s", (scored_by,)).fetchone()[0]
-    return {"database_created": created, "profiles": len(profiles), "labelled_now": len(labels),
+    return {"database_created": created, "profiles": len(profiles), "attempted": len(todo), "labelled_now": len(labels),
             "label_failures": failed, "scored_by": scored_by, "scores_in_table": total, **counts}
 
 

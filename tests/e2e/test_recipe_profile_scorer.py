@@ -78,9 +78,10 @@ def test_profile_scorer_smoke(tmp_path, database):
     seeded = _seed(home, database)
     assert seeded["database_created"] is True and seeded["profiles"] == 14
     assert seeded["scores_in_table"] + len(seeded["label_failures"]) == 14
-    again = _seed(home, database)  # idempotent: nothing relabelled, nothing rewritten
-    assert again["labelled_now"] == len(seeded["label_failures"]) and again["profiles_written"] == 0
-    assert again["scores_written"] == 0 or seeded["label_failures"]
+    again = _seed(home, database)  # idempotent: only the profiles that failed are labelled again
+    assert again["attempted"] == len(seeded["label_failures"]) and again["profiles_written"] == 0
+    assert again["labelled_now"] + len(again["label_failures"]) == again["attempted"]
+    assert again["scores_written"] == again["labelled_now"]
 
     code, summary, stderr = run_recipe(home, "profile-scorer", env_extra={"DISTILLERY_POSTGRES_DSN": database})
     assert code == 0, f"{summary['stages']}\n{stderr[-3000:]}"
