@@ -9,7 +9,7 @@ after every file it will name has been verified in the store.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tasks.core.refs import ArtifactRef
@@ -40,7 +40,7 @@ def publish_run(store: ArtifactStore, run_id: str, recipe: dict[str, Any], artif
         files[name] = {"key": key, "uri": uri, "sha256": ref.sha256, "bytes": ref.bytes, "is_dir": ref.is_dir,
                        "kind": ref.kind, "source": ref.model_dump(mode="json")}
     manifest = {"run_id": run_id, "recipe": recipe, "files": files, "lineage": lineage, "metrics": metrics,
-                "gate": gate, "published_at": datetime.now(timezone.utc).isoformat()}
+                "gate": gate, "published_at": datetime.now(UTC).isoformat()}
     store.write_key(f"runs/{run_id}/manifest.json",
                     json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return manifest
@@ -60,7 +60,7 @@ def move_latest(store: ArtifactStore, recipe: str, run_id: str) -> dict[str, Any
         return current
     history = ([current["run_id"]] + current.get("history", [])) if current else []
     pointer = {"run_id": run_id, "manifest": f"runs/{run_id}/manifest.json", "previous": history[0] if history else None,
-               "history": history[:20], "moved_at": datetime.now(timezone.utc).isoformat()}
+               "history": history[:20], "moved_at": datetime.now(UTC).isoformat()}
     store.write_pointer(latest_key(recipe), json.dumps(pointer, indent=2).encode(), current_bytes)
     return pointer
 
@@ -79,7 +79,7 @@ def rollback_latest(store: ArtifactStore, recipe: str) -> dict[str, Any]:
         raise StoreError(f"previous run {target} has no manifest in the store")
     pointer = {"run_id": target, "manifest": f"runs/{target}/manifest.json",
                "previous": history[1] if len(history) > 1 else None, "history": history[1:],
-               "rolled_back_from": current["run_id"], "moved_at": datetime.now(timezone.utc).isoformat()}
+               "rolled_back_from": current["run_id"], "moved_at": datetime.now(UTC).isoformat()}
     store.write_pointer(latest_key(recipe), json.dumps(pointer, indent=2).encode(), current_bytes)
     return pointer
 

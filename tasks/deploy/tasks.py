@@ -32,8 +32,8 @@ def _retry_deploy(task, task_run, state) -> bool:
     except (PointerConflict, SmokeTestFailed, BlobDigestMismatch):
         return False
     except Exception:  # noqa: BLE001 - the shared rules decide the rest
-        pass
-    return retry_unless_permanent(task, task_run, state)
+        return retry_unless_permanent(task, task_run, state)
+    return True
 
 
 @task(cache_key_fn=cache_key_ignoring("run_id"), persist_result=True, result_serializer="json", retries=2,
