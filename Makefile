@@ -29,6 +29,7 @@ test-fast: install
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 bench: install
+	$(PY) bench/cold_warm.py
 	$(PY) bench/teacher_throughput.py
 	$(PY) bench/train_throughput.py
 
