@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(home: Path, args: list[str]) -> dict:
+def _run(home: Path, args: list[str]) -> tuple[dict, str]:
+    """(timings of one ``python -m flows.full`` run, its summary line)."""
     env = {**os.environ, "DISTILLERY_HOME": str(home)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "flows.full", *args], cwd=REPO, env=env, capture_output=True,
@@ -42,19 +43,23 @@ def _run(home: Path, args: list[str]) -> dict:
     in_stages = sum(s["wall_s"] for s in stages.values())
     return {"wall_s": round(wall, 2), "flow_wall_s": summary["wall_s"], "stages_s": round(in_stages, 2),
             "overhead_s": round(wall - in_stages, 2), "stages": stages, "run_id": summary["run_id"],
-            "teacher_calls": summary["teacher_calls"]}
+            "teacher_calls": summary["teacher_calls"]}, lines[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cold_warm.json")
     parser.add_argument("--warm-runs", type=int, default=3)
+    parser.add_argument("--save-summary", type=Path, default=None,
+                        help="also write the cold run's summary here (input of bench/results_table.py)")
     args, flow_args = parser.parse_known_args(argv)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp:
         home = Path(tmp) / "home"
-        cold = _run(home, flow_args)
-        warm = [_run(home, flow_args) for _ in range(args.warm_runs)]
+        cold, cold_summary = _run(home, flow_args)
+        if args.save_summary:
+            args.save_summary.write_text(cold_summary + "\n")
+        warm = [_run(home, flow_args)[0] for _ in range(args.warm_runs)]
     median_warm = statistics.median(w["wall_s"] for w in warm)
     result = {
         "benchmark": "cold_warm", "command": " ".join(["python bench/cold_warm.py", *flow_args]),

@@ -97,5 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         **_known_parameters(parameters), return_state=True)
     return exit_code(state, backfill_of=str(flow_run_id))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -53,14 +53,19 @@ def distill(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
     start = time.perf_counter()
     r = load_recipe(recipe, overrides or [], profile)
     with recipe_lock(r.name, log=print):
-        summary = _run_stages(r, start)
-    failed = [name for name, stage in summary["stages"].items() if stage["status"] == "failed"]
+        return final_state(_run_stages(r, start))
+
+
+def final_state(summary: dict[str, Any]) -> State:
+    """The DAG run's end state, its summary as the result: Failed when a stage failed, Completed
+    otherwise, with a "gate blocked" message when the gate held the model back."""
     if summary["status"] != "completed":
+        failed = [name for name, stage in summary["stages"].items() if stage["status"] == "failed"]
         return Failed(message=f"stage failed: {', '.join(failed) or 'unknown'}", data=summary)
     gate = summary.get("gate") or {}
     if not gate.get("passed"):
-        return Completed(message="gate blocked: " + "; ".join(gate.get("reasons") or ["no gate decision"]),
-                         data=summary)
+        failures = [reason for reason in gate.get("reasons") or [] if not reason.startswith("ok")]
+        return Completed(message="gate blocked: " + ("; ".join(failures) or "no gate decision"), data=summary)
     return Completed(data=summary)
 
 
