@@ -10,6 +10,8 @@ CLI (``python -m flows.full``) imports ``flows`` first, which sets them; a worke
 (``python -m prefect.engine``) imports Prefect first and the flow after, so the settings ``flows``
 sets come too late there. Task results (the stage cache) would then go to Prefect's default folder,
 and a scheduled run would not reuse the stages a CLI run or a backfill completed (and vice versa).
+With an S3 store (``DISTILLERY_STORE_URI=s3://...``) it also saves the result-storage block that puts
+task results in that bucket (see ``flows.full.result_storage``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     # Absolute, so flow runs (which run from the folder the deployment was made in) share this state.
     os.environ["DISTILLERY_HOME"] = str(Settings().state)
     configure_prefect_environment()
+    from flows.full import register_result_storage
+
+    register_result_storage()  # with an S3 store, task results live in its bucket (the block must exist)
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, "--type", "process",
                *passthrough]
     os.execv(sys.executable, command)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from flows.full import distill, exit_code
+from flows.full import distill, exit_code, register_result_storage
 
 FLOW_NAME = "distillery"
 _RUN_ID = re.compile(r"^(?P<recipe>.+)-(?P<stamp>\d{8}T\d{6}Z)-(?P<prefix>[0-9a-f]{8})(?:-[\w-]+)?$", re.IGNORECASE)
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         flow_run_id, name, parameters = asyncio.run(_failed_run(args.run))
     except BackfillError as exc:
         parser.error(str(exc))
+    register_result_storage()
     state = distill.with_options(flow_run_name=f"backfill-of-{name}")(
         **_known_parameters(parameters), return_state=True)
     return exit_code(state, backfill_of=str(flow_run_id))

@@ -33,7 +33,51 @@ from tasks.deploy.publish import production_gguf
 from tasks.synthesize.variants import variant_output, variant_recipes
 
 
-@flow(name="distillery", log_prints=True)
+def _s3_results() -> tuple[str, Any] | None:
+    """(block name, prefect-aws S3Bucket) for task results beside an S3 store, or None for a local one."""
+    from urllib.parse import urlparse
+
+    from tasks.core.hashing import sha256_json
+    from tasks.core.settings import get_settings
+
+    settings = get_settings()
+    if not settings.store_location.startswith("s3://"):
+        return None
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    location = urlparse(settings.store_location)
+    folder = "/".join(part for part in (location.path.strip("/"), "prefect-results") if part)
+    client = AwsClientParameters(endpoint_url=settings.s3_endpoint_url,
+                                 config={"s3": {"addressing_style": "path"}} if settings.s3_endpoint_url else None)
+    name = "distillery-results-" + sha256_json([settings.store_location, settings.s3_endpoint_url])[:12]
+    # No secret in the block: boto3 finds credentials in the environment / instance role, as the store does.
+    return name, S3Bucket(bucket_name=location.netloc, bucket_folder=folder,
+                          credentials=AwsCredentials(aws_client_parameters=client))
+
+
+def result_storage() -> str | None:
+    """Where Prefect keeps task results (the cache): beside the artifacts when the store is S3.
+
+    With ``DISTILLERY_STORE_URI=s3://bucket/prefix`` the results go to ``prefix/prefect-results/``
+    in the same bucket (a prefect-aws ``S3Bucket`` block; ``DISTILLERY_S3_ENDPOINT_URL`` for
+    S3-compatible services), so a run or backfill on another machine that shares the bucket finds
+    every finished stage cached. Otherwise None: Prefect's local storage under
+    ``$DISTILLERY_HOME/prefect/results``. Prefect resolves the block by name when a run starts;
+    :func:`register_result_storage` saves it first.
+    """
+    s3 = _s3_results()
+    return f"s3-bucket/{s3[0]}" if s3 else None
+
+
+def register_result_storage() -> None:
+    """Save the S3 result storage block on the Prefect API (idempotent); nothing for a local store."""
+    s3 = _s3_results()
+    if s3:
+        s3[1].save(s3[0], overwrite=True)
+
+
+# Read when the module is imported: a worker's flow process has its environment by then.
+@flow(name="distillery", log_prints=True, result_storage=result_storage())
 def distill(recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None,
             profile: str | None = None) -> State:
     """Run every stage of a recipe; stages whose inputs did not change come from the cache.
@@ -144,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         load_recipe(args.recipe, args.overrides, args.profile)  # fail fast, before Prefect starts
     except RecipeError as exc:
         parser.error(str(exc))
+    register_result_storage()
     return exit_code(distill(recipe=args.recipe, overrides=args.overrides, profile=args.profile, return_state=True))
 
 
