@@ -40,7 +40,7 @@ def _rows(summary: dict, command: str) -> list[dict]:
             "trained": metrics.get(primary, trained.get(primary)),
             "others": {name: (base.get(name), metrics.get(name, trained.get(name))) for name in SHOWN
                        if name != primary and name in trained},
-            "examples": trained.get("examples"), "gate": "passed" if branch["gate"]["passed"] else "blocked",
+            "examples": int(trained.get("examples") or 0), "gate": "passed" if branch["gate"]["passed"] else "blocked",
             "run_id": branch["run_id"], "command": command,
         })
     return rows

@@ -3,8 +3,9 @@
 ``rating`` (paper-reviewer): the rating in the predicted review against the human rating of the
 held-out paper (``metadata.paper_rating``, the mean of its human reviews; else the reference's
 rating): ``rating_mae`` (lower is better), ``rating_pearson``, ``rating_spearman``, and
-``rating_parsed`` (share of outputs with a rating at all). An output without a rating counts in the
-share, not in the error.
+``rating_parsed`` (share of outputs with a rating on the review scale, 0-10). An output without one
+counts in the share, not in the error: a rating off the scale (the grammar constrains JSON's shape,
+not a number's range, so a small model can write 1000000000000000) is no rating, not a huge error.
 
 ``profile`` (profile-scorer): the per-example agreement score ``1 - |predicted - label|`` with scores
 in [0, 1] (1: the API model's score exactly; an output with no parsable score scores 0), and over the
@@ -55,9 +56,14 @@ def _number(text: str, key: str, pattern: re.Pattern[str]) -> float | None:
     return float(match.group(1)) if match else None
 
 
+RATING_SCALE = (0.0, 10.0)  # tasks/synthesize/review.py: the review schema's rating bounds
+
+
 def extract_rating(text: str) -> float | None:
-    """The review's ``rating`` (from the JSON, or from a cut-off output), or None."""
-    return _number(text, "rating", _RATING)
+    """The review's ``rating`` (from the JSON, or from a cut-off output), or None if absent or off the scale."""
+    rating = _number(text, "rating", _RATING)
+    low, high = RATING_SCALE
+    return rating if rating is not None and low <= rating <= high else None
 
 
 def extract_score(text: str) -> float | None:

@@ -138,6 +138,9 @@ def test_synthesize_reviews_one_human_example_per_paper_plus_teacher_reviews():
     ('{"rating": "6"}', 6.0),
     ('{"rating": true}', None),
     ("no rating here", None),
+    ('{"rating": 0}', 0.0), ('{"rating": 10}', 10.0),
+    ('{"rating": 1000000000000000}', None),  # off the 0-10 scale: what a quick-profile model really wrote
+    ('{"rating": -2}', None), ('{"summary": "cut", "rating": 11', None),
 ])
 def test_extract_rating(text, expected):
     assert extract_rating(text) == expected
@@ -153,6 +156,12 @@ def test_rating_metrics_against_the_paper_rating():
     assert metrics["rating_parsed"] == pytest.approx(0.75)
     assert metrics["rating_pearson"] == pytest.approx(1.0) and metrics["rating_spearman"] == pytest.approx(1.0)
     assert predictions[3]["rating"] is None and predictions[2]["rating_label"] == 8.0
+
+
+def test_an_off_scale_rating_is_unparsed_not_a_huge_error():
+    examples = [{"metadata": {"paper_rating": 4.0}}, {"metadata": {"paper_rating": 6.0}}]
+    metrics = rating_metrics(examples, [{"prediction": '{"rating": 5}'}, {"prediction": '{"rating": 1000000000000000}'}])
+    assert metrics["rating_mae"] == pytest.approx(1.0) and metrics["rating_parsed"] == pytest.approx(0.5)
 
 
 def test_rating_metrics_constant_predictions_have_no_correlation():
