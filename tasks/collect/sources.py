@@ -104,43 +104,64 @@ def read_records_jsonl(path: Path) -> list[Record]:
     return records
 
 
+MAX_INSTRUCTION_CHARS = 100_000  # a seed instruction is a prompt, not a document
+
+
 def read_instructions(path: Path, limit: int | None = None) -> tuple[list[Instruction], list[Rejected]]:
     """Seed instructions from JSONL, a JSON list or a YAML list of ``{type, prompt}`` (or ``instruction``).
 
-    An entry with an unknown type or no prompt is rejected with its reason. Ids are the given ``id``
+    A JSONL line that is not UTF-8 or not JSON, and an entry with an unknown type, no prompt or a prompt
+    over ``MAX_INSTRUCTION_CHARS``, is rejected with its reason and the rest is kept; a whole JSON or
+    YAML file that does not parse fails the source with a clear error. Ids are the given ``id``
     or a hash of type and prompt, so the same seed is the same record across files.
     """
     if not path.is_file():
         raise SourceConfigError(f"instructions: {path} is not a file")
-    text = path.read_text(encoding="utf-8")
     source = f"instructions:{path.name}"
-    try:
-        if path.suffix == ".jsonl":
-            entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif path.suffix == ".json":
-            entries = json.loads(text)
-        else:
-            entries = yaml.safe_load(text) or []
-    except (ValueError, yaml.YAMLError) as exc:
-        raise CollectError(
-            f"instructions: {path.name} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
-        ) from exc
-    if isinstance(entries, dict):
-        entries = entries.get("instructions", [])
-    out: list[Instruction] = []
     rejected: list[Rejected] = []
-    for number, entry in enumerate(entries, 1):
+    if path.suffix == ".jsonl":  # line by line: a bad line is rejected, the rest is kept
+        entries = []
+        for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                line = raw.decode("utf-8")
+                if line.strip():
+                    entries.append((f"line {number}", json.loads(line)))
+            except UnicodeDecodeError as exc:
+                rejected.append(Rejected(source=source, item=f"line {number}", reason=f"not UTF-8: {exc.reason}"))
+            except ValueError as exc:
+                rejected.append(Rejected(source=source, item=f"line {number}", reason=f"malformed JSON: {exc}"[:300]))
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+            parsed = json.loads(text) if path.suffix == ".json" else (yaml.safe_load(text) or [])
+        except UnicodeDecodeError as exc:
+            raise CollectError(f"instructions: {path.name} is not UTF-8: {exc}"[:500]) from exc
+        except (ValueError, yaml.YAMLError) as exc:
+            raise CollectError(
+                f"instructions: {path.name} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"[:500]
+            ) from exc
+        if isinstance(parsed, dict):
+            parsed = parsed.get("instructions", [])
+        if not isinstance(parsed, list):
+            raise CollectError(f"instructions: {path.name} holds no list of instructions")
+        entries = [(f"entry {number}", entry) for number, entry in enumerate(parsed, 1)]
+    out: list[Instruction] = []
+    for label, entry in entries:
         if not isinstance(entry, dict):
-            rejected.append(Rejected(source=source, item=f"entry {number}", reason="not a mapping"))
+            rejected.append(Rejected(source=source, item=label, reason="not a mapping"))
             continue
         kind = str(entry.get("type", "qa")).lower()
         prompt = str(entry.get("prompt") or entry.get("instruction") or "").strip()
-        item = str(entry.get("id") or f"entry {number}")
+        item = str(entry.get("id") or label)
         if kind not in INSTRUCTION_TYPES:
             rejected.append(Rejected(source=source, item=item, reason=f"unknown type {kind!r}"))
             continue
         if not prompt:
             rejected.append(Rejected(source=source, item=item, reason="empty prompt"))
+            continue
+        if len(prompt) > MAX_INSTRUCTION_CHARS:
+            rejected.append(Rejected(source=source, item=item,
+                                     reason=f"prompt of {len(prompt)} characters (limit {MAX_INSTRUCTION_CHARS})"))
             continue
         record_id = (
             entry.get("id") or "instruction:" + hashlib.sha256(f"{kind}\0{prompt}".encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,3 +230,39 @@ class _FailedState:
 )
 def test_the_collect_task_retries_only_what_a_retry_can_fix(error, retried):
     assert retry_collect(None, None, _FailedState(error)) is retried
+
+
+def test_bad_instruction_lines_are_rejected_with_reasons_and_the_rest_kept(tmp_path):
+    from tasks.collect.sources import MAX_INSTRUCTION_CHARS, read_instructions
+
+    path = tmp_path / "seeds.jsonl"
+    huge = "x" * (10 * 1024 * 1024)  # one 10 MB record
+    path.write_bytes(b"\n".join([
+        b'{"type": "qa", "prompt": "What is a p-value?"}',
+        b'{"type": "qa", "prompt": "unterminated',
+        b'{"type": "qa", "prompt": "caf\xe9 in latin-1"}',
+        b"",
+        json.dumps({"type": "qa", "prompt": huge}).encode(),
+        b'{"type": "qa", "prompt": "Explain overfitting."}',
+    ]))
+    records, rejected = read_instructions(path)
+    assert [r.prompt for r in records] == ["What is a p-value?", "Explain overfitting."]
+    reasons = {r.item: r.reason for r in rejected}
+    assert reasons["line 2"].startswith("malformed JSON")
+    assert reasons["line 3"].startswith("not UTF-8")
+    assert reasons["line 5"] == f"prompt of {len(huge)} characters (limit {MAX_INSTRUCTION_CHARS})"
+    assert len(rejected) == 3
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert read_instructions(empty) == ([], [])
+
+
+def test_an_instruction_file_that_is_not_utf8_fails_with_a_clear_error(tmp_path):
+    from tasks.collect.common import CollectError
+    from tasks.collect.sources import read_instructions
+
+    path = tmp_path / "seeds.yaml"
+    path.write_bytes(b"- type: qa\n  prompt: caf\xe9\n")
+    with pytest.raises(CollectError, match="seeds.yaml is not UTF-8"):
+        read_instructions(path)
