@@ -30,7 +30,7 @@ from tasks.core.caching import source_hash_of, stage_cache_key, weekly_cache_key
 from tasks.core.hashing import sha256_json
 from tasks.core.recipe import SourceConfig
 from tasks.core.refs import ArtifactRef, StageOutput
-from tasks.core.stage import retry_unless_permanent
+from tasks.core.stage import retry_unless
 from tasks.core.store import ArtifactStore, StoreError, get_store
 
 STATE_VERSION = 1
@@ -160,20 +160,9 @@ def collect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return sha256_json({"base": base, "collectors": source_hash_of(context.task.fn, _COLLECTOR_MODULES)})
 
 
-def retry_collect(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry a failed source, unless its recipe entry is wrong.
-
-    A :class:`~tasks.collect.common.SourceConfigError` (missing path, missing option, unknown site or
-    table) or a missing file fails at once; a lost state race (``PointerConflict``) and service
-    failures are retried; the shared rules decide the rest (a ``ValueError`` is final).
-    """
-    try:
-        state.result(raise_on_failure=True)
-    except (SourceConfigError, FileNotFoundError):
-        return False
-    except Exception:  # noqa: BLE001 - the shared rules decide the rest
-        return retry_unless_permanent(task, task_run, state)
-    return True
+# A wrong source entry (missing path, missing option, unknown site or table) or a missing file fails at
+# once; a lost state race (PointerConflict) and service failures are retried.
+retry_collect = retry_unless(SourceConfigError, FileNotFoundError)
 
 
 @task(

@@ -107,18 +107,25 @@ class StageRunner:
         return sum(r.teacher_calls for r in self.results.values() if r.status == "completed")
 
 
-def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry transient failures, not ones a retry cannot fix.
+def retry_unless(*permanent: type[BaseException]) -> Any:
+    """A Prefect ``retry_condition_fn``: retry transient failures, not ones a retry cannot fix.
 
-    An exhausted quota or budget, a Retry-After longer than the stage may wait, or a bad recipe value
-    fail at once with their own message instead of burning retries.
+    Always final: an exhausted quota or budget, a Retry-After longer than the stage may wait, or a bad
+    recipe value (``ValueError``); they fail at once with their own message instead of burning
+    retries. ``permanent`` adds a stage's own final errors (a wrong source entry, a lost race).
     """
-    from tasks.teacher.base import BudgetExhausted, QuotaExhausted, RateLimitDeferred
+    def condition(task: Any, task_run: Any, state: Any) -> bool:
+        from tasks.teacher.base import BudgetExhausted, QuotaExhausted, RateLimitDeferred
 
-    try:
-        state.result(raise_on_failure=True)
-    except (QuotaExhausted, BudgetExhausted, RateLimitDeferred, ValueError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
+        try:
+            state.result(raise_on_failure=True)
+        except (QuotaExhausted, BudgetExhausted, RateLimitDeferred, ValueError, *permanent):
+            return False
+        except Exception:  # noqa: BLE001 - anything else may be transient
+            return True
         return True
-    return True
+
+    return condition
+
+
+retry_unless_permanent = retry_unless()

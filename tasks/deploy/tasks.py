@@ -18,26 +18,14 @@ from tasks.core.caching import cache_key_ignoring
 from tasks.core.recipe import DeployConfig
 from tasks.core.refs import ArtifactRef, StageOutput
 from tasks.core.settings import get_settings
-from tasks.core.stage import retry_unless_permanent
+from tasks.core.stage import retry_unless
 from tasks.core.store import PointerConflict, get_store
+from tasks.deploy.ollama import BlobDigestMismatch, SmokeTestFailed
 from tasks.deploy.publish import move_latest, publish_run, read_latest
 
 
-def _retry_deploy(task, task_run, state) -> bool:
-    """Retry transient failures; a lost ``latest`` race or a failed smoke test is final."""
-    from tasks.deploy.ollama import BlobDigestMismatch, SmokeTestFailed
-
-    try:
-        state.result(raise_on_failure=True)
-    except (PointerConflict, SmokeTestFailed, BlobDigestMismatch):
-        return False
-    except Exception:  # noqa: BLE001 - the shared rules decide the rest
-        return retry_unless_permanent(task, task_run, state)
-    return True
-
-
 @task(cache_key_fn=cache_key_ignoring("run_id"), persist_result=True, result_serializer="json", retries=2,
-      retry_delay_seconds=[2, 10], retry_condition_fn=_retry_deploy)
+      retry_delay_seconds=[2, 10], retry_condition_fn=retry_unless(PointerConflict, SmokeTestFailed, BlobDigestMismatch))
 def deploy_run(run_id: str, recipe: dict, artifacts: dict[str, ArtifactRef], lineage: dict, metrics: dict,
                gate: dict, gguf: ArtifactRef, modelfile: ArtifactRef, config: DeployConfig,
                json_schema: dict | None = None) -> StageOutput:
