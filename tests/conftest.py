@@ -32,7 +32,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def distillery_home(tmp_path, monkeypatch):
-    """A fresh DISTILLERY_HOME per test, with settings re-read."""
+    """A fresh DISTILLERY_HOME per test, with settings re-read, and Prefect's results inside it.
+
+    Prefect reads its settings when first imported, which in a test session happens before
+    ``flows/`` can point them at the state folder: without the override, flows run in-process would
+    write their task results (the stage cache) to ~/.prefect/storage, where the next test, or the
+    next pytest run, would find them and report a stage ``cached`` that should have run.
+    """
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
     from tasks.core.settings import get_settings
 
     home = tmp_path / "distillery-home"
@@ -40,7 +48,8 @@ def distillery_home(tmp_path, monkeypatch):
     monkeypatch.delenv("DISTILLERY_STORE_URI", raising=False)
     monkeypatch.delenv("DISTILLERY_OLLAMA_HOST", raising=False)
     get_settings.cache_clear()
-    yield home
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: home / "prefect" / "results"}):
+        yield home
     get_settings.cache_clear()
 
 
