@@ -54,18 +54,47 @@ def source_hash_of(fn: Callable[..., Any], extra_modules: tuple[str, ...] = ()) 
     return sha256_json([(Path(f).name, _source_hash(f)) for f in files])
 
 
+@lru_cache(maxsize=16)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def local_teacher_hashes(parameters: dict[str, Any]) -> dict[str, str]:
+    """Parameter name -> content hash of the GGUF of each local (llama_cpp) teacher among ``parameters``.
+
+    A teacher config names its model by a path or built-in name; the file behind the name can change
+    (re-downloaded, re-quantized), and then what the stage wrote with it is stale.
+    """
+    from tasks.core.models import ModelNotFound, resolve_gguf
+    from tasks.core.recipe import TeacherConfig
+
+    hashes = {}
+    for name, value in parameters.items():
+        if isinstance(value, TeacherConfig) and value.provider == "llama_cpp":
+            try:
+                path = resolve_gguf(value.model)
+            except ModelNotFound:
+                continue  # the task itself reports the missing model
+            stat = path.stat()
+            hashes[name] = _file_hash(str(path), stat.st_size, stat.st_mtime_ns)
+    return hashes
+
+
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect ``cache_key_fn``: canonical inputs + the defining module's source + CACHE_VERSION."""
+    """Prefect ``cache_key_fn``: canonical inputs + the defining module's source + CACHE_VERSION, and
+    the content of any local teacher model among the inputs."""
     task = context.task
     fn = task.fn
-    return sha256_json(
-        {
-            "task": f"{fn.__module__}.{fn.__qualname__}",
-            "params": _jsonable(parameters),
-            "source": source_hash_of(fn),
-            "version": CACHE_VERSION,
-        }
-    )
+    key: dict[str, Any] = {
+        "task": f"{fn.__module__}.{fn.__qualname__}",
+        "params": _jsonable(parameters),
+        "source": source_hash_of(fn),
+        "version": CACHE_VERSION,
+    }
+    models = local_teacher_hashes(parameters)
+    if models:
+        key["models"] = models
+    return sha256_json(key)
 
 
 def weekly_cache_key(context: Any, parameters: dict[str, Any]) -> str:

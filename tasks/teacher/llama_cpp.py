@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from tasks.core.hashing import sha256_file
 from tasks.teacher.base import Completion, CompletionRequest
 
 
@@ -43,6 +45,12 @@ class LlamaCppChat:
         self.n_threads = n_threads
         self._llm: Any = None
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def cache_scope(self) -> str:
+        """The GGUF's content, not its name: a file re-downloaded or re-quantized under the same name is
+        another model, and its answers must not come from the old file's cache entries."""
+        return f"llama_cpp:{sha256_file(self.model_path)[:16]}"
 
     def _load(self) -> Any:
         if self._llm is None:

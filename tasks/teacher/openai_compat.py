@@ -43,13 +43,21 @@ def _schema_instruction(schema: dict[str, Any]) -> str:
             + json.dumps(schema, separators=(",", ":")))
 
 
-def request_body(request: CompletionRequest, model: str, mode: StructuredMode = "json_schema") -> dict[str, Any]:
-    """The ``chat.completions.create`` arguments for a request (pure; what the cache key stands for)."""
+TokenParam = Literal["max_tokens", "max_completion_tokens"]
+
+
+def request_body(request: CompletionRequest, model: str, mode: StructuredMode = "json_schema",
+                 token_param: TokenParam = "max_tokens") -> dict[str, Any]:
+    """The ``chat.completions.create`` arguments for a request (pure; what the cache key stands for).
+
+    ``token_param`` names the output-token limit: ``max_tokens`` is what every compatible server reads;
+    OpenAI's reasoning models (o-series, gpt-5) refuse it and want ``max_completion_tokens``.
+    """
     msgs = [m.model_dump() for m in request.messages]
     body: dict[str, Any] = {
         "model": model,
         "temperature": request.temperature,
-        "max_tokens": request.max_tokens,
+        token_param: request.max_tokens,
         "seed": request.seed,
     }
     if request.stop:
@@ -121,6 +129,8 @@ class OpenAIChat:
         self.timeout_s = timeout_s
         self.structured_mode = structured_mode
         self.key_source = key_source
+        # Switched once, for good, when the endpoint says it wants max_completion_tokens (see _retry_with).
+        self.token_param: TokenParam = "max_tokens"
         self._sync_client: Any = None
         self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
         # Build the client for the teacher's event loop now: a first request that paid for it would
@@ -181,22 +191,49 @@ class OpenAIChat:
         return entry[1]
 
     def complete(self, request: CompletionRequest) -> Completion:
-        body = request_body(request, self.model, self.structured_mode)
-        start = time.perf_counter()
-        try:
-            response = self._sync().chat.completions.create(**body)
-        except Exception as exc:  # noqa: BLE001 - every client error is translated
-            raise self._translate(exc) from None
-        return completion_from_response(response, time.perf_counter() - start)
+        while True:
+            sent = self.token_param
+            start = time.perf_counter()
+            try:
+                response = self._sync().chat.completions.create(
+                    **request_body(request, self.model, self.structured_mode, sent))
+            except Exception as exc:  # noqa: BLE001 - every client error is translated
+                if self._switched_token_param(exc, sent):
+                    continue
+                raise self._translate(exc) from None
+            return completion_from_response(response, time.perf_counter() - start)
 
     async def acomplete(self, request: CompletionRequest) -> Completion:
-        body = request_body(request, self.model, self.structured_mode)
-        start = time.perf_counter()
-        try:
-            response = await self._async().chat.completions.create(**body)
-        except Exception as exc:  # noqa: BLE001 - every client error is translated
-            raise self._translate(exc) from None
-        return completion_from_response(response, time.perf_counter() - start)
+        while True:
+            sent = self.token_param
+            start = time.perf_counter()
+            try:
+                response = await self._async().chat.completions.create(
+                    **request_body(request, self.model, self.structured_mode, sent))
+            except Exception as exc:  # noqa: BLE001 - every client error is translated
+                if self._switched_token_param(exc, sent):
+                    continue
+                raise self._translate(exc) from None
+            return completion_from_response(response, time.perf_counter() - start)
+
+    def _switched_token_param(self, exc: Exception, sent: TokenParam) -> bool:
+        """True when the endpoint refused ``max_tokens`` and asked for ``max_completion_tokens``.
+
+        OpenAI's reasoning models answer HTTP 400 ``unsupported_parameter`` on ``max_tokens``; the limit
+        then goes as ``max_completion_tokens`` for this and every later request. The cache key does not
+        change: it is the same request, named differently on the wire.
+        """
+        import openai
+
+        if sent != "max_tokens" or not isinstance(exc, openai.BadRequestError):
+            return False
+        if "max_completion_tokens" not in str(getattr(exc, "message", "") or exc):
+            return False
+        if self.token_param == "max_tokens":
+            log.info("%s (%s) wants max_completion_tokens instead of max_tokens; sending that from now on",
+                     self.base_url, self.model)
+        self.token_param = "max_completion_tokens"
+        return True
 
     def _translate(self, exc: Exception) -> Exception:
         """The teacher's error for an ``openai`` client error; messages are scrubbed of the key."""

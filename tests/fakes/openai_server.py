@@ -7,7 +7,9 @@ It binds 127.0.0.1 on an ephemeral port and serves ``POST /v1/chat/completions``
 * ``usage`` counts words, so budgets and token limits move;
 * ``latency_s`` delays every answer; ``rate_limit_rpm`` enforces a token-bucket limit like a provider's
   (429 with ``Retry-After`` and ``retry-after-ms``; refused requests do not use the bucket);
-* ``api_key`` makes it check ``Authorization: Bearer ...`` (401 that echoes part of the key, as OpenAI does).
+* ``api_key`` makes it check ``Authorization: Bearer ...`` (401 that echoes part of the key, as OpenAI does);
+* ``reasoning_model`` makes it refuse ``max_tokens`` as OpenAI's reasoning models do (400, asking for
+  ``max_completion_tokens``).
 
 Faults are scripted: :meth:`OpenAIServer.script` queues faults for the next requests, and
 :meth:`OpenAIServer.on_prompt` for the next requests whose conversation contains a text. Kinds: 429 with
@@ -158,8 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, status: int, message: str, type_: str, code: str | None,
-               headers: dict[str, str] | None = None) -> None:
-        self._send(status, {"error": {"message": message, "type": type_, "code": code, "param": None}}, headers)
+               headers: dict[str, str] | None = None, param: str | None = None) -> None:
+        self._send(status, {"error": {"message": message, "type": type_, "code": code, "param": param}}, headers)
 
     def do_GET(self) -> None:
         if self.path.rstrip("/").endswith("/models"):
@@ -191,6 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, f"Incorrect API key provided: {presented[:6]}***{presented[-4:]}. You can find "
                         "your API key at https://platform.openai.com/account/api-keys.",
                         "invalid_request_error", "invalid_api_key")
+            return
+        if owner.reasoning_model and "max_tokens" in body:
+            record.status = 400  # what OpenAI's o-series and gpt-5 models answer
+            self._error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                        "Use 'max_completion_tokens' instead.", "invalid_request_error", "unsupported_parameter",
+                        param="max_tokens")
             return
         wait = owner._take_rate_token()
         if wait is not None:
@@ -277,11 +285,15 @@ class OpenAIServer:
         rate_limit_burst: the bucket's size (default: one second's worth, at least 1).
         api_key: the key to demand; ``None``: any.
         hang_s: the longest a hung request is held before its connection drops.
+        reasoning_model: refuse ``max_tokens`` (HTTP 400 ``unsupported_parameter``) and accept only
+            ``max_completion_tokens``, as OpenAI's reasoning models do.
     """
 
     def __init__(self, latency_s: float = 0.0, rate_limit_rpm: float | None = None,
-                 rate_limit_burst: float | None = None, api_key: str | None = None, hang_s: float = 30.0):
+                 rate_limit_burst: float | None = None, api_key: str | None = None, hang_s: float = 30.0,
+                 reasoning_model: bool = False):
         self.latency_s = latency_s
+        self.reasoning_model = reasoning_model
         self.api_key = api_key
         self.hang_s = hang_s
         self.log: list[RequestRecord] = []

@@ -237,3 +237,17 @@ def test_provider_without_async_loop_works_synchronously(server, monkeypatch):
     assert getattr(info.value, "kind", None) == "server" and server.requests == 1
     assert chat.complete(ask()).text.startswith("Answer")
     chat.close()
+
+
+def test_a_reasoning_model_gets_max_completion_tokens_after_its_first_refusal(tmp_path, monkeypatch):
+    with OpenAIServer(reasoning_model=True) as reasoning:
+        teacher = make_teacher(reasoning, tmp_path, monkeypatch, concurrency=2)
+        first = teacher.complete(ask(0))
+        later = teacher.map(lambda i: teacher.complete(ask(i)).text, [1, 2, 3], progress=lambda d, t: None)
+        assert first.text and len(later) == 3
+        # One refusal, then every request (the refused one again included) names the new parameter.
+        assert reasoning.statuses() == [400, 200, 200, 200, 200]
+        assert all(r.body["max_completion_tokens"] == 32 and "max_tokens" not in r.body for r in reasoning.log[1:])
+        assert teacher.stats.retries == 0 and teacher.stats.completions == 4
+        # The same request is the same cache entry whichever name the limit travelled under.
+        assert teacher.complete(ask(0)).cached and reasoning.requests == 5

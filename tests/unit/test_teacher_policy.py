@@ -244,6 +244,20 @@ def test_provider_repr_has_no_key():
     assert chat.cache_scope == "openai:https://api.example.com/v1"
 
 
+def test_a_local_model_is_cached_under_its_content_not_its_name(tmp_path):
+    from tasks.teacher.llama_cpp import LlamaCppChat
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "teacher.gguf").write_bytes(b"GGUF weights v1")
+    (tmp_path / "b" / "teacher.gguf").write_bytes(b"GGUF weights v2")  # same name, re-quantized
+    (tmp_path / "copy.gguf").write_bytes(b"GGUF weights v1")  # same content, another path
+    v1, v2, copy = (LlamaCppChat(p, model="teacher") for p in
+                    (tmp_path / "a" / "teacher.gguf", tmp_path / "b" / "teacher.gguf", tmp_path / "copy.gguf"))
+    assert v1.cache_scope != v2.cache_scope
+    assert v1.cache_scope == copy.cache_scope and v1.cache_scope.startswith("llama_cpp:")
+
+
 # -- request bodies --------------------------------------------------------------------------------
 
 
@@ -307,3 +321,23 @@ def test_split_keeps_every_item_in_order(n, shards):
     if n:
         sizes = [len(p) for p in parts]
         assert max(sizes) - min(sizes) <= 1 and len(parts) == min(shards, n)
+
+
+def test_a_stage_that_used_a_local_teacher_is_redone_when_the_model_file_changes(tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    from tasks.core.caching import stage_cache_key
+    from tasks.core.recipe import TeacherConfig
+
+    gguf = tmp_path / "teacher.gguf"
+    gguf.write_bytes(b"GGUF weights v1")
+    context = SimpleNamespace(task=SimpleNamespace(fn=test_a_local_model_is_cached_under_its_content_not_its_name))
+    local = {"teacher_config": TeacherConfig(provider="llama_cpp", model=str(gguf)), "n": 1}
+    before = stage_cache_key(context, local)
+    assert stage_cache_key(context, local) == before
+    gguf.write_bytes(b"GGUF weights v2")  # same path, same config: another model
+    os.utime(gguf, ns=(1, 1))
+    assert stage_cache_key(context, local) != before
+    remote = {"teacher_config": TeacherConfig(provider="openai", model="gpt-x"), "n": 1}
+    assert stage_cache_key(context, remote) == stage_cache_key(context, remote)
