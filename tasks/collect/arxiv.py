@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import requests
 
 from tasks.collect.common import (
+    BadSourceFile,
     CollectError,
     RetryPolicy,
     SourceConfigError,
@@ -380,10 +381,16 @@ def _load_metadata(folder: Path) -> dict[str, dict[str, Any]]:
     path = folder / "metadata.json"
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, list):
-        return {entry["file"]: entry for entry in data}
-    return dict(data)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, list):
+            return {str(entry["file"]): dict(entry) for entry in data}
+        return {str(name): dict(entry) for name, entry in data.items()}
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise BadSourceFile(
+            f"arxiv_pdfs: {path} is not a metadata.json mapping file names (or a list of entries with "
+            f"'file') to metadata: {type(exc).__name__}: {exc}"[:500]
+        ) from exc
 
 
 def collect_local_pdfs(

@@ -3,7 +3,8 @@
 The collectors talk to services outside our control, so the rules for transient failures live in one
 place: HTTP 429 and 5xx are retried with exponential backoff (``Retry-After`` wins when the server
 sends one), connection errors likewise, and anything else is a clear :class:`CollectError` that names
-the source and the reason; a :class:`SourceConfigError` when the recipe itself is wrong. Nothing here
+the source and the reason; a :class:`SourceConfigError` when the recipe itself is wrong, a
+:class:`BadSourceFile` when a local file is malformed (neither is retried). Nothing here
 logs a URL's query string with credentials in it.
 """
 
@@ -31,6 +32,13 @@ class SourceConfigError(CollectError):
     """The recipe's source entry is wrong (a missing path, a missing or bad option, an unknown table).
 
     A retry cannot fix it, so the collect task fails at once instead of retrying.
+    """
+
+
+class BadSourceFile(CollectError):
+    """A local file the source names is not what its kind reads (malformed XML, JSON or YAML, not UTF-8).
+
+    A retry would read the same bytes, so the collect task fails at once; the message names the file.
     """
 
 

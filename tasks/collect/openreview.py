@@ -353,11 +353,39 @@ def collect_openreview_api(
             offset=offset,
             sort="number:asc",
         )
+        if offset == 0 and not notes:
+            _require_invitation(client, invitation, venue, version)  # an empty venue, or a wrong id?
         if take(notes):
             return reviews[:limit], rejected, None  # cut short: the watermark must not move
         if len(notes) < page_size:
             return reviews, rejected, newest_seen
         offset += len(notes)
+
+
+def _require_invitation(client: Any, invitation: str, venue: str, version: str) -> None:
+    """Raise :class:`SourceConfigError` when the submission invitation does not exist.
+
+    A listing of an unknown invitation is empty, exactly like a venue with no submissions yet; only the
+    invitation itself tells a misspelt venue id (or the wrong ``api_version``) from an empty venue.
+    """
+    import openreview
+
+    try:
+        client.get_invitation(invitation)
+        return
+    except openreview.OpenReviewException as exc:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        if error.get("name") != "NotFoundError" and error.get("status") != 404:
+            raise CollectError(f"openreview {version} invitation {invitation}: {exc}") from exc
+    except IndexError:  # a 200 with an empty list
+        pass
+    except Exception as exc:  # noqa: BLE001 - a failed check is a failed source, named as such
+        raise CollectError(f"openreview {version} invitation {invitation}: {type(exc).__name__}: {exc}") from exc
+    other = "v1" if version == "v2" else "v2"
+    raise SourceConfigError(
+        f"openreview: {venue!r} has no submission invitation {invitation!r} on API {version}: check the venue "
+        f"id (e.g. ICLR.cc/2026/Conference), options.submission_invitation, or whether it is an API {other} venue"
+    )
 
 
 def _get_notes(client: Any, what: str, **params: Any) -> list[Any]:

@@ -13,7 +13,9 @@ same way for every collector:
 
 A failure of the whole source (unreachable service, retries exhausted) raises
 :class:`~tasks.collect.common.CollectError`, a wrong source entry (missing path, missing option) its
-subclass :class:`~tasks.collect.common.SourceConfigError`; a bad item is a :class:`Rejected` record.
+subclass :class:`~tasks.collect.common.SourceConfigError`, a malformed local file (a dump that is not XML,
+a seed file that is not JSON) :class:`~tasks.collect.common.BadSourceFile`; a bad item is a
+:class:`Rejected` record.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from tasks.collect.common import CollectError, SourceConfigError, logger, newest, parse_watermark
+from tasks.collect.common import BadSourceFile, SourceConfigError, logger, newest, parse_watermark
 from tasks.collect.records import Instruction, Paper, PaperSection, Profile, QAPair, Record, Rejected, Review
 from tasks.core.hashing import sha256_bytes, sha256_dir, sha256_file
 from tasks.core.recipe import SourceConfig
@@ -135,15 +137,15 @@ def read_instructions(path: Path, limit: int | None = None) -> tuple[list[Instru
             text = path.read_text(encoding="utf-8")
             parsed = json.loads(text) if path.suffix == ".json" else (yaml.safe_load(text) or [])
         except UnicodeDecodeError as exc:
-            raise CollectError(f"instructions: {path.name} is not UTF-8: {exc}"[:500]) from exc
+            raise BadSourceFile(f"instructions: {path.name} is not UTF-8: {exc}"[:500]) from exc
         except (ValueError, yaml.YAMLError) as exc:
-            raise CollectError(
+            raise BadSourceFile(
                 f"instructions: {path.name} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"[:500]
             ) from exc
         if isinstance(parsed, dict):
             parsed = parsed.get("instructions", [])
         if not isinstance(parsed, list):
-            raise CollectError(f"instructions: {path.name} holds no list of instructions")
+            raise BadSourceFile(f"instructions: {path.name} holds no list of instructions")
         entries = [(f"entry {number}", entry) for number, entry in enumerate(parsed, 1)]
     out: list[Instruction] = []
     for label, entry in entries:
@@ -321,6 +323,7 @@ def collect_source(
     Raises:
         CollectError: the source as a whole could not be collected.
         SourceConfigError: the source entry is wrong (a retry cannot help).
+        BadSourceFile: a local file is malformed (a retry cannot help).
     """
     known = known or {}
     since = parse_watermark(watermark)

@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from tasks.collect.common import (
+    BadSourceFile,
     CollectError,
     RetryPolicy,
     SourceConfigError,
@@ -209,7 +210,7 @@ def parse_posts_xml(
                 cut_by_limit = True
                 break
     except etree.XMLSyntaxError as exc:
-        raise CollectError(f"stackexchange_dump: {Path(path).name} is not well-formed XML: {exc}") from exc
+        raise BadSourceFile(f"stackexchange_dump: {Path(path).name} is not well-formed XML: {exc}") from exc
     if not cut_by_limit:
         for answer_id, question in waiting.items():
             rejected.append(

@@ -9,8 +9,9 @@ the ref of the last records JSONL and the watermark. Each run loads it, collects
 or changed, merges (same id: the newer content replaces the older), writes the merged JSONL and moves
 the state with a compare-and-swap, so two concurrent runs cannot both win.
 
-A failed source is retried twice (after 2 s and 10 s), except when its recipe entry is wrong
-(:func:`retry_collect`): a missing file or option fails at once with its message.
+A failed source is retried twice (after 2 s and 10 s), except when its recipe entry or its file is
+wrong (:data:`retry_collect`): a missing or malformed file, or a missing option, fails at once with its
+message.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.collect.common import SourceConfigError, logger
+from tasks.collect.common import BadSourceFile, SourceConfigError, logger
 from tasks.collect.records import Record, Rejected
 from tasks.collect.sources import collect_source, read_records_jsonl, write_records_jsonl
 from tasks.core.caching import source_hash_of, stage_cache_key, weekly_cache_key
@@ -160,9 +161,9 @@ def collect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return sha256_json({"base": base, "collectors": source_hash_of(context.task.fn, _COLLECTOR_MODULES)})
 
 
-# A wrong source entry (missing path, missing option, unknown site or table) or a missing file fails at
-# once; a lost state race (PointerConflict) and service failures are retried.
-retry_collect = retry_unless(SourceConfigError, FileNotFoundError)
+# A wrong source entry (missing path, missing option, unknown site or table), a malformed or missing
+# file fails at once; a lost state race (PointerConflict) and service failures are retried.
+retry_collect = retry_unless(SourceConfigError, BadSourceFile, FileNotFoundError)
 
 
 @task(

@@ -8,6 +8,7 @@ so ``--set train.sft.max_steps=4`` gives an int and ``--set pairs.enabled=false`
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,111 @@ SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Options(BaseModel):
+    """The ``options`` a collector reads. Only checked here: each collector applies its own defaults,
+    so every field is optional and ``None`` means "the collector's default" (README, Sources)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _RetryOptions(_Options):
+    retry_attempts: int | None = Field(default=None, ge=1)
+    retry_base_delay_s: float | None = Field(default=None, ge=0)
+    retry_max_delay_s: float | None = Field(default=None, ge=0)
+    max_retry_after_s: float | None = Field(default=None, ge=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class _StackExchangeDumpOptions(_Options):
+    site: str | None = None
+
+
+class _StackExchangeApiOptions(_RetryOptions):
+    site: str | None = None
+    base_url: str | None = None
+    key_env: str | None = None
+    page_size: int | None = Field(default=None, ge=1, le=100)
+    tagged: str | None = None
+    max_pages: int | None = Field(default=None, ge=1)
+    min_quota: int | None = Field(default=None, ge=0)
+
+
+class _PdfOptions(_Options):
+    workers: int | None = Field(default=None, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, ge=64)
+
+
+class _ArxivPdfsOptions(_PdfOptions):
+    source_name: str | None = None
+
+
+class _ArxivQueryOptions(_RetryOptions, _PdfOptions):
+    base_url: str | None = None
+    pdf_base_url: str | None = None
+    download_pdfs: bool | None = None
+    page_size: int | None = Field(default=None, ge=1)
+    delay_seconds: float | None = Field(default=None, ge=0)
+    num_retries: int | None = Field(default=None, ge=0)
+    sort_by: Literal["relevance", "lastUpdatedDate", "submittedDate"] | None = None
+    sort_order: Literal["ascending", "descending"] | None = None
+    max_results: int | None = Field(default=None, ge=1)
+    max_pdf_mb: float | None = Field(default=None, gt=0)
+
+
+class _OpenReviewOptions(_Options):
+    api_version: Literal["v1", "v2"] | None = None
+    base_url: str | None = None
+    submission_invitation: str | None = None
+    page_size: int | None = Field(default=None, ge=1)
+    forum_ids: list[str] | None = None
+    retry_attempts: int | None = Field(default=None, ge=1)
+    retry_base_delay_s: float | None = Field(default=None, ge=0)
+
+
+class _PostgresOptions(_Options):
+    scored_by: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    scores_table: str | None = None
+    profiles_table: str | None = None
+    columns: dict[str, str | None] | None = None
+    secret_block: str | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+    connect_timeout_s: int | None = Field(default=None, ge=1)
+
+
+SOURCE_OPTIONS: dict[str, type[_Options]] = {
+    "stackexchange_dump": _StackExchangeDumpOptions,
+    "stackexchange_api": _StackExchangeApiOptions,
+    "arxiv_pdfs": _ArxivPdfsOptions,
+    "arxiv_query": _ArxivQueryOptions,
+    "openreview": _OpenReviewOptions,
+    "openreview_files": _Options,
+    "peerread": _Options,
+    "postgres": _PostgresOptions,
+    "instructions": _Options,
+}
+
+
+def check_source_options(kind: str, options: dict[str, Any]) -> None:
+    """Raise ValueError naming every unknown or badly typed option of a ``kind`` source."""
+    model = SOURCE_OPTIONS[kind]
+    known = sorted(field.alias or name for name, field in model.model_fields.items())
+    problems = []
+    for key in sorted(set(options) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown option {key!r}{hint}")
+    if not problems:
+        try:
+            model.model_validate(options)
+        except ValidationError as exc:
+            problems = [f"option {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+    if problems:
+        allowed = ", ".join(known) if known else "none"
+        raise ValueError(f"{kind} source: {'; '.join(problems)} (options of {kind}: {allowed})")
 
 
 class SourceConfig(Section):
@@ -39,6 +145,11 @@ class SourceConfig(Section):
             return None
         path = Path(self.path)
         return path if path.is_absolute() else (RECIPES_DIR.parents[1] / path).resolve()
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "SourceConfig":
+        check_source_options(self.kind, self.options)
+        return self
 
 
 class CollectConfig(Section):

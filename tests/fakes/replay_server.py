@@ -13,6 +13,9 @@ It binds 127.0.0.1 on an ephemeral port and serves, under one base URL:
 * ``/openreview2/notes`` and ``/openreview1/notes``: OpenReview ``GET /notes`` envelopes
   ``{"notes": [...], "count": N}`` rebuilt from the real ICLR 2026 (v2) and NIPS 2018 workshop (v1)
   notes, as the data's provenance describes; ``invitation``, ``id``, ``limit`` and ``offset`` apply.
+  ``/openreview2/invitations`` and ``/openreview1/invitations``: ``GET /invitations?id=`` answers an
+  invitation those notes name, else the API's 404 ``NotFoundError`` body (the error shape that
+  openreview-py's own ``tools`` module tests for).
 
 Faults are scripted per path prefix with :meth:`ReplayServer.script`: the next matching requests get
 the scripted responses (429 with ``Retry-After``, a burst of 503s, a body that is not JSON...) before
@@ -263,6 +266,10 @@ class ReplayServer:
             return self._notes(self.v2_notes, params)
         if path == "/openreview1/notes":
             return self._notes(self.v1_notes, params)
+        if path == "/openreview2/invitations":
+            return self._invitation(self.v2_notes, params.get("id", ""))
+        if path == "/openreview1/invitations":
+            return self._invitation(self.v1_notes, params.get("id", ""))
         return Canned(404, b'{"error": "no such route"}')
 
     def _se_envelope(self, items: list[dict[str, Any]], has_more: bool, page: int) -> Canned:
@@ -320,6 +327,13 @@ class ReplayServer:
         if params.get("details") != "directReplies":
             page = [{k: v for k, v in n.items() if k != "details"} for n in page]
         return Canned(200, json.dumps({"notes": page, "count": len(selected)}).encode())
+
+    def _invitation(self, notes: list[dict[str, Any]], wanted: str) -> Canned:
+        known = {i for n in notes for i in (n.get("invitations") or [n.get("invitation")]) if i}
+        if wanted in known:
+            return Canned(200, json.dumps({"invitations": [{"id": wanted}], "count": 1}).encode())
+        error = {"name": "NotFoundError", "message": f"The Invitation {wanted} was not found", "status": 404}
+        return Canned(404, json.dumps(error).encode())
 
     # --- plumbing -----------------------------------------------------------------------------
 

@@ -327,6 +327,24 @@ def test_openreview_failures_are_clear_source_errors(server):
         collect_source(SourceConfig(kind="openreview", query="ICLR.cc/2026/Conference", options=_v2(server)))
 
 
-def test_openreview_unknown_venue_is_an_empty_result(server):
-    batch = collect_source(SourceConfig(kind="openreview", query="Nowhere.cc/2099", options=_v2(server)))
+def test_openreview_unknown_venue_is_a_clear_config_error(server):
+    with pytest.raises(SourceConfigError, match="'Nowhere.cc/2099' has no submission invitation"):
+        collect_source(SourceConfig(kind="openreview", query="Nowhere.cc/2099", options=_v2(server)))
+    # A v1 venue asked through API v2 is the same mistake, and the message says so.
+    with pytest.raises(SourceConfigError, match="API v1 venue"):
+        collect_source(SourceConfig(kind="openreview", query="NIPS.cc/2018/Workshop/CDNNRIA", options=_v2(server)))
+    assert server.count("/openreview2/invitations") == 2
+
+
+def test_openreview_known_venue_without_submissions_is_an_empty_result(server):
+    # The invitation exists but lists nothing yet (a venue before its deadline): not an error.
+    server.script("/openreview2/notes", [Canned(200, b'{"notes": [], "count": 0}')])
+    batch = collect_source(SourceConfig(kind="openreview", query="ICLR.cc/2026/Conference", options=_v2(server)))
     assert batch.records == [] and batch.rejected == [] and batch.watermark is None
+
+
+def test_openreview_a_failing_invitation_check_is_a_source_error_not_a_config_error(server):
+    server.script("/openreview2/invitations", [Canned(500)] * 4)
+    with pytest.raises(CollectError) as caught:
+        collect_source(SourceConfig(kind="openreview", query="Nowhere.cc/2099", options=_v2(server)))
+    assert not isinstance(caught.value, SourceConfigError) and "invitation" in str(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.collect.common import (
+    BadSourceFile,
     CollectError,
     RetryPolicy,
     SourceConfigError,
@@ -140,17 +142,62 @@ def test_missing_paths_and_bad_watermarks_are_clear_errors(tmp_path):
         (SourceConfig(kind="arxiv_pdfs", path="data/sample/no-such-folder"), "does not exist"),
         (SourceConfig(kind="arxiv_query"), "needs a query or ids"),
         (SourceConfig(kind="openreview_files", path="data/sample/no-such-folder"), "does not exist"),
-        (SourceConfig(kind="openreview", query="ICLR.cc/2026/Conference", options={"api_version": "v3"}),
-         "api_version must be v1 or v2"),
         (SourceConfig(kind="instructions", path="data/sample/no-such-seeds.jsonl"), "is not a file"),
         (SourceConfig(kind="postgres"), "must name the scoring model"),
     ],
-    ids=["dump", "pdfs", "query", "openreview-files", "api-version", "instructions", "postgres"],
+    ids=["dump", "pdfs", "query", "openreview-files", "instructions", "postgres"],
 )
 def test_a_wrong_source_entry_is_a_config_error(source, message):
     # No network and no database: each is refused before any service is asked.
     with pytest.raises(SourceConfigError, match=message):
         collect_source(source)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("Posts.xml", b"<posts><row Id='1'", "stackexchange_dump"),
+        ("metadata.json", b'{"a.pdf": {"id": "2401.00001"', "arxiv_pdfs"),
+        ("metadata.json", b'[{"id": "2401.00001"}]', "arxiv_pdfs"),  # a list entry without "file"
+        ("seeds.json", b'[{"prompt": "unterminated}', "instructions"),
+    ],
+    ids=["dump-xml", "metadata-json", "metadata-shape", "seeds-json"],
+)
+def test_a_malformed_local_file_fails_at_once_naming_the_file(tmp_path, name, content, kind):
+    (tmp_path / name).write_bytes(content)
+    path = tmp_path / name if kind != "arxiv_pdfs" else tmp_path
+    with pytest.raises(BadSourceFile, match=re.escape(name)) as caught:
+        collect_source(SourceConfig(kind=kind, path=str(path)))
+    assert retry_collect(None, None, _FailedState(caught.value)) is False
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        ("openreview", {"api_version": "v3"}, "option api_version: Input should be 'v1' or 'v2'"),
+        ("stackexchange_api", {"page_sise": 50}, "unknown option 'page_sise' (did you mean 'page_size'?)"),
+        ("stackexchange_api", {"page_size": 500}, "option page_size: Input should be less than or equal to 100"),
+        ("arxiv_query", {"sort_by": "date"}, "option sort_by: Input should be 'relevance'"),
+        ("postgres", {"batch_size": "lots"}, "option batch_size: Input should be a valid integer"),
+        ("postgres", {"schema": "crm", "scores_table": "s"}, None),
+        ("instructions", {"max_items": 3}, "unknown option 'max_items' (options of instructions: none)"),
+    ],
+    ids=["bad-value", "misspelt", "out-of-range", "bad-choice", "bad-type", "valid", "kind-without-options"],
+)
+def test_source_options_are_checked_when_the_recipe_loads(kind, options, message):
+    if message is None:
+        assert SourceConfig(kind=kind, options=options).options == options
+        return
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SourceConfig(kind=kind, options=options)
+
+
+def test_a_misspelt_option_fails_the_recipe_before_anything_runs():
+    from tasks.core.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=re.escape("collect.sources.0: Value error, stackexchange_dump source: "
+                                                    "unknown option 'sit' (did you mean 'site'?)")):
+        load_recipe("stats-qa", overrides=["collect.sources=[{kind: stackexchange_dump, path: x, options: {sit: ai}}]"])
 
 
 def test_fingerprint_follows_local_content_and_is_empty_for_network_kinds(tmp_path):
@@ -221,12 +268,13 @@ class _FailedState:
     [
         (SourceConfigError("stackexchange_dump: data/x/Posts.xml does not exist"), False),
         (FileNotFoundError("data/x/Posts.xml"), False),
+        (BadSourceFile("stackexchange_dump: Posts.xml is not well-formed XML"), False),
         (ValueError("'sideways' is not a valid SortOrder"), False),
         (CollectError("stackexchange_api /questions: gave up after 5 tries: HTTP 503"), True),
         (ConnectionError("reset by peer"), True),
         (PointerConflict("another run moved the state"), True),  # the retry starts from the winner's state
     ],
-    ids=["config", "missing-file", "value", "service", "connection", "state-race"],
+    ids=["config", "missing-file", "malformed-file", "value", "service", "connection", "state-race"],
 )
 def test_the_collect_task_retries_only_what_a_retry_can_fix(error, retried):
     assert retry_collect(None, None, _FailedState(error)) is retried
@@ -259,10 +307,9 @@ def test_bad_instruction_lines_are_rejected_with_reasons_and_the_rest_kept(tmp_p
 
 
 def test_an_instruction_file_that_is_not_utf8_fails_with_a_clear_error(tmp_path):
-    from tasks.collect.common import CollectError
     from tasks.collect.sources import read_instructions
 
     path = tmp_path / "seeds.yaml"
     path.write_bytes(b"- type: qa\n  prompt: caf\xe9\n")
-    with pytest.raises(CollectError, match="seeds.yaml is not UTF-8"):
+    with pytest.raises(BadSourceFile, match="seeds.yaml is not UTF-8"):
         read_instructions(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.collect.common import CollectError, RetryPolicy, SourceConfigError, html_to_markdown
+from tasks.collect.common import BadSourceFile, CollectError, RetryPolicy, SourceConfigError, html_to_markdown
 from tasks.collect.stackexchange import parse_posts_xml, parse_tags, site_domain, throttle_wait
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_an_empty_body_is_rejected_with_its_reason(tmp_path):
 def test_malformed_and_missing_dumps_are_clear_errors(tmp_path):
     broken = tmp_path / "Posts.xml"
     broken.write_bytes(AI.read_bytes()[:5000])
-    with pytest.raises(CollectError, match="not well-formed XML"):
+    with pytest.raises(BadSourceFile, match="not well-formed XML"):
         parse_posts_xml(broken, "ai")
     with pytest.raises(SourceConfigError, match="is not a file"):
         parse_posts_xml(tmp_path / "absent.xml", "ai")
