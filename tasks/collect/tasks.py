@@ -148,6 +148,25 @@ def collect_into_store(
     return StageOutput(artifacts={"records": records_ref, "rejected": rejected_ref}, counts=counts)
 
 
+def previous_snapshot(source: SourceConfig, recipe_name: str, store: ArtifactStore | None = None) -> StageOutput | None:
+    """The records the last successful collection of this source left in the store, or None.
+
+    What a run falls back on when the source fails this time (see ``flows/collect.py``): nothing new,
+    but nothing lost either. ``counts["collected_at"]`` says how old the snapshot is.
+    """
+    store = store or get_store()
+    raw = store.read_key(state_key(recipe_name, source))
+    if raw is None:
+        return None
+    state = json.loads(raw)
+    ref = ArtifactRef.model_validate(state["records"])
+    if not store.verify(ref):
+        return None
+    counts = {"collected": ref.rows, "new": 0, "updated": 0, "unchanged": 0, "rejected": 0,
+              "watermark": state.get("watermark"), "collected_at": state.get("collected_at")}
+    return StageOutput(artifacts={"records": ref}, counts=counts)
+
+
 def collect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Content-keyed for local sources (a fingerprint is given), weekly for network sources.
 

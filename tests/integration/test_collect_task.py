@@ -241,3 +241,47 @@ def test_a_wrong_source_entry_fails_at_once_and_a_service_failure_is_retried(
     failed, message = run_once(SourceConfig(kind="stackexchange_api", query="ai"))
     assert failed and "HTTP 503" in message
     assert tries == ["stackexchange_api"] * 3  # the first try and both retries
+
+
+def test_a_failed_service_falls_back_on_its_last_snapshot_and_the_run_goes_on(prefect_harness, monkeypatch):
+    import flows.collect
+    from flows.collect import collect_flow
+    from tasks.collect.common import CollectError, SourceConfigError
+    from tasks.core.recipe import load_recipe
+    from tests.fakes.replay_server import Canned, running_replay_server
+
+    # Every run really runs its tasks (no cache hit), with no delay between the task's retries.
+    monkeypatch.setattr(flows.collect, "collect_source_task",
+                        collect_source_task.with_options(retry_delay_seconds=0, refresh_cache=True))
+
+    def recipe(*sources: str):
+        return load_recipe("stats-qa", [f"collect.sources=[{', '.join(sources)}]"])
+
+    dump = f"{{kind: stackexchange_dump, path: {AI_DUMP}, limit: 5}}"
+    with running_replay_server() as server:
+        api = (f"{{kind: stackexchange_api, query: ai.stackexchange.com, limit: 8, "
+               f"options: {{base_url: '{server.url}/se/2.3', page_size: 4, retry_attempts: 2, retry_base_delay_s: 0.01}}}}")
+        first = collect_flow(recipe(dump, api))
+        assert first.status == "completed" and first.reason is None
+        snapshot = first.output("1-stackexchange_api")["records"]
+        assert first.output("1-stackexchange_api").counts["collected"] == 8
+
+        server.script("/se/", [Canned(503)] * 100)  # the service is down this week
+        down = collect_flow(recipe(dump, api))
+        assert down.status == "completed"
+        assert down.reason.startswith("degraded: source 1-stackexchange_api failed; its snapshot of ")
+        assert "HTTP 503" in down.reason
+        assert down.output("1-stackexchange_api")["records"] == snapshot  # nothing new, nothing lost
+        assert down.output("0-stackexchange_dump").counts["collected"] == 5
+
+        # A source that never succeeded has nothing to stand in: the others still go on...
+        new_api = api.replace("page_size: 4", "page_size: 5")
+        partial = collect_flow(recipe(dump, new_api))
+        assert list(partial.outputs) == ["0-stackexchange_dump"]
+        assert "source 1-stackexchange_api failed and has no earlier snapshot" in partial.reason
+        # ...but a run in which no source gives anything fails.
+        with pytest.raises(CollectError, match="every source failed"):
+            collect_flow(recipe(new_api))
+    # A wrong entry is not a service outage: it fails the stage even when other sources are fine.
+    with pytest.raises(SourceConfigError, match="does not exist"):
+        collect_flow(recipe(dump, "{kind: stackexchange_dump, path: /no/such/Posts.xml}"))
