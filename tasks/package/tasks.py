@@ -53,13 +53,32 @@ def verify_templates(model_dir: Path, gguf: Path, modelfile_template: str) -> No
                     {"training": training, "gguf": in_gguf, "modelfile": in_modelfile})
 
 
-def smoke_generate(gguf: Path, system: str, max_tokens: int = 128) -> dict:
-    """Golden prompts through llama.cpp: no special token may leak; record whether generation stopped."""
+def smoke_generate(gguf: Path, system: str, stops: list[str], max_tokens: int = 128) -> dict:
+    """Golden prompts through llama.cpp: generation must stop at the stop token and no special token
+    may leak; how many golden prompts the model itself ends within ``max_tokens`` is recorded.
+
+    The stop check is mechanical, so a weak model cannot pass or fail it by chance: the GGUF's
+    end-of-sequence token must be one of the Modelfile's ``stops``, and with that token forced (a
+    logit bias) generation must end at once with ``finish_reason == "stop"`` and nothing of the marker
+    in the text.
+    """
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=1024, verbose=False, seed=0)
     stopped = 0
     try:
+        eos = llm.token_eos()
+        marker = llm.detokenize([eos], special=True).decode("utf-8", errors="replace")
+        if marker not in stops:
+            raise ValueError(f"{gguf.name} ends a turn with {marker!r} (token {eos}), which is not among the "
+                             f"Modelfile's stop parameters {stops}: Ollama would not stop there")
+        messages = [{"role": "system", "content": system}, *GOLDEN_CONVERSATIONS[0][1:]]
+        forced = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=8,
+                                            logit_bias={eos: 100.0})
+        choice = forced["choices"][0]
+        if choice["finish_reason"] != "stop" or (choice["message"]["content"] or "").strip():
+            raise ValueError(f"{gguf.name}: generation does not stop at {marker!r}: finish_reason "
+                             f"{choice['finish_reason']!r}, text {(choice['message']['content'] or '')[:80]!r}")
         for conversation in GOLDEN_CONVERSATIONS:
             messages = [{"role": "system", "content": system}, *conversation[1:]]
             out = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=max_tokens)
@@ -70,7 +89,7 @@ def smoke_generate(gguf: Path, system: str, max_tokens: int = 128) -> dict:
             stopped += out["choices"][0]["finish_reason"] == "stop"
     finally:
         llm.close()
-    return {"golden_prompts": len(GOLDEN_CONVERSATIONS), "stopped_at_stop_token": stopped}
+    return {"golden_prompts": len(GOLDEN_CONVERSATIONS), "stopped_at_stop_token": stopped, "stop_token": marker}
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
@@ -95,7 +114,7 @@ def package_model(base_model: ArtifactRef, adapters: list[ArtifactRef], config: 
         spec = modelfile_for(chat_template, serve_name, system_prompt, config.temperature, config.num_ctx,
                              config.num_predict)
         verify_templates(merged, files[config.serve], spec.template)
-        smoke = smoke_generate(files[config.serve], system_prompt)
+        smoke = smoke_generate(files[config.serve], system_prompt, spec.stops)
         modelfile = work / "Modelfile"
         modelfile.write_text(spec.render())
         refs = {f"gguf_{kind}": store.put_file(path, kind="gguf", name=path.name) for kind, path in files.items()}
