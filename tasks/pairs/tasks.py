@@ -25,8 +25,12 @@ from tasks.pairs.build import build_pairs, prompts_from_examples
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retries=1,
       retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsConfig,
-                           teacher_config: TeacherConfig) -> StageOutput:
-    """Training prompts -> respond (student) -> critique -> improve -> evaluate -> DPO pairs."""
+                           teacher_config: TeacherConfig, production: ArtifactRef | None = None) -> StageOutput:
+    """Training prompts -> respond (student) -> critique -> improve -> evaluate -> DPO pairs.
+
+    With ``production`` (on-policy), the GGUF now in production writes the first responses instead of
+    the base model, so a rejected side is what users are being served today.
+    """
     from tasks.core.models import resolve_gguf
     from tasks.teacher.cache import RequestCache
     from tasks.teacher.llama_cpp import LlamaCppChat
@@ -37,7 +41,9 @@ def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsC
     prompts = prompts_from_examples(read_jsonl(store.local_path(train)), config.max_prompts)
     teacher = get_teacher(teacher_config)
     stats = fresh_stats(teacher)
-    student = Teacher(LlamaCppChat(resolve_gguf(student_gguf), n_ctx=teacher_config.n_ctx, model=student_gguf),
+    respondent = store.local_path(production) if production is not None else resolve_gguf(student_gguf)
+    name = f"production-{production.sha256[:12]}" if production is not None else student_gguf
+    student = Teacher(LlamaCppChat(respondent, n_ctx=teacher_config.n_ctx, model=name),
                       RequestCache(get_settings().cache_dir / "student.sqlite"))
     progress = Progress("pairs", len(prompts))
     try:
@@ -54,6 +60,7 @@ def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsC
     return StageOutput(
         artifacts={"pairs": pairs_ref, "traces": traces_ref},
         counts={"prompts": len(prompts), "pairs": n, "pair_yield": round(n / max(len(prompts), 1), 3),
+                "respondent": name,
                 **{f"decision_{k}": v for k, v in decisions.items()}, "student_calls": student.stats.requests,
                 **{f"teacher_{k}": v for k, v in stats.model_dump().items()}},
         teacher_calls=stats.requests,

@@ -1,12 +1,14 @@
-"""The whole DAG on CPU with the real small model: cold run, warm run, a changed training field, and a
-failure injected into one stage. Run as `python -m flows.full` subprocesses, as a user would."""
+"""The whole DAG on CPU with the real small model: cold run, warm run, a changed field (on-policy pairs),
+and a failure injected into one stage. Run as `python -m flows.full` subprocesses, as a user would."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -80,9 +82,13 @@ def test_cold_warm_changed_and_failed_runs(tmp_path):
     assert set(statuses(warm).values()) == {"cached"}
     assert warm["teacher_calls"] == 0
 
-    # 4. One training field changed: train and every stage after it run again, none before.
-    code, changed, _ = run_dag(home, "train.sft.learning_rate=0.0001")
-    assert code == 0
-    assert statuses(changed) == {**{s: "cached" for s in STAGES[:4]},
-                                 **{s: "completed" for s in STAGES[4:]}}
-    assert changed["teacher_calls"] == 0
+    # 4. One field changed, pairs.on_policy: pairs and every stage after it run again, none before, and
+    #    the first responses of the new pairs come from the model run 2 put in production.
+    code, changed, stderr = run_dag(home, "pairs.on_policy=true")
+    assert code == 0, stderr[-3000:]
+    assert statuses(changed) == {**{s: "cached" for s in STAGES[:3]},
+                                 **{s: "completed" for s in STAGES[3:]}}
+    production = hashlib.sha256(gguf.read_bytes()).hexdigest()[:12]
+    with sqlite3.connect(home / "cache" / "student.sqlite") as db:
+        respondents = {row[0] for row in db.execute("SELECT DISTINCT model FROM completions")}
+    assert respondents == {"smollm2-135m", f"production-{production}"}
