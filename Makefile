@@ -32,6 +32,7 @@ bench: install
 	$(PY) bench/cold_warm.py
 	$(PY) bench/teacher_throughput.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf .distillery

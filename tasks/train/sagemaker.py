@@ -219,6 +219,22 @@ def _s3_location(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+def delete_checkpoints(s3: Any, uri: str) -> int:
+    """Delete every object under the S3 prefix ``uri`` (a finished run's checkpoints); return how many.
+
+    Once the job's model artifact is in hand the checkpoints only cost storage: a retry of the same
+    run finds the completed job and downloads its artifact again instead of resuming.
+    """
+    bucket, prefix = _s3_location(uri.rstrip("/") + "/")
+    deleted = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:  # a page holds at most 1,000 keys, as many as one delete_objects call takes
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            deleted += len(keys)
+    return deleted
+
+
 def _sagemaker_client(train: TrainConfig) -> Any:
     import boto3
     from botocore.config import Config
@@ -371,6 +387,12 @@ def run_sagemaker_training(
             f"SageMaker job {name}: {artifact} has no metrics.json (did the script finish?)"
         )
     metrics = json.loads(metrics_path.read_text())
+    checkpoints = f"{store.root}/checkpoints/{run_key}"
+    try:
+        removed = delete_checkpoints(s3, checkpoints)
+        log(f"SageMaker job {name}: deleted {removed} checkpoint objects under {checkpoints}")
+    except (ClientError, BotoCoreError) as error:  # storage left behind is no reason to fail a trained run
+        log(f"SageMaker job {name}: could not delete the checkpoints under {checkpoints}: {error}")
     log(
         f"SageMaker job {name}: adapter in {output}; billable {job.get('BillableTimeInSeconds', '?')} s "
         f"of {job.get('TrainingTimeInSeconds', '?')} s"

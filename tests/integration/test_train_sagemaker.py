@@ -155,6 +155,7 @@ class LocalContainer:
     def __init__(self, client, s3, root: Path, run: bool = True):
         self.client, self.s3, self.root, self.run = client, s3, root, run
         self.created: list[dict] = []
+        self.uploaded: list[str] = []  # checkpoint keys the container synced to S3
 
     def __getattr__(self, name):
         return getattr(self.client, name)
@@ -206,6 +207,7 @@ class LocalContainer:
         for path in sorted(local_checkpoints.rglob("*")):
             if path.is_file():
                 self.s3.upload_file(str(path), bucket, key + path.relative_to(local_checkpoints).as_posix())
+                self.uploaded.append(key + path.relative_to(local_checkpoints).as_posix())
         archive = opt_ml / "model.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
             for path in sorted(Path(env["SM_MODEL_DIR"]).iterdir()):
@@ -271,10 +273,13 @@ def test_sagemaker_job_trains_and_the_adapter_lands_in_output(endpoint, store, i
     assert {c["ChannelName"] for c in job["InputDataConfig"]} == {"model", "train", "eval", "config"}
     assert job["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
 
-    # The config channel carried the run key; the checkpoints synced under this run's key, marked complete.
-    bucket, key = _split(f"{store.root}/checkpoints/{RUN_KEY}/checkpoint-2/{COMPLETE_MARKER}")
-    marker = json.loads(store.client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    assert marker["run_key"] == RUN_KEY and marker["step"] == 2
+    # The checkpoints synced under this run's key, marked complete; once the adapter was in hand they
+    # were deleted (they only cost storage now).
+    synced = [key for key in container.uploaded if key.startswith(_split(f"{store.root}/checkpoints/{RUN_KEY}/")[1])]
+    assert any(key.endswith(f"checkpoint-2/{COMPLETE_MARKER}") for key in synced)
+    bucket, prefix = _split(f"{store.root}/checkpoints/{RUN_KEY}/")
+    assert store.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount", 0) == 0
+    assert any(f"deleted {len(synced)} checkpoint objects" in line for line in logs)
     assert any("created" in line for line in logs) and any("Completed" in line for line in logs)
 
 

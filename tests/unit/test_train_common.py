@@ -344,3 +344,31 @@ def test_warmup_never_takes_every_step(max_steps):
     assert max(rates) > 0, rates  # at least one real update
     if max_steps in (12, -1):
         assert rates[0] == 0.0  # a real warmup where there are steps to spare
+
+
+def test_operational_settings_neither_retrain_nor_restart_a_run():
+    from types import SimpleNamespace
+
+    from tasks.core.recipe import TrainConfig
+    from tasks.core.refs import ArtifactRef
+    from tasks.train.tasks import train_adapter, train_cache_key, training_run_key
+
+    base = ArtifactRef(uri="file:///b", sha256="b" * 64, bytes=1, kind="model")
+    data = ArtifactRef(uri="file:///d", sha256="d" * 64, bytes=1, kind="dataset")
+    context = SimpleNamespace(task=train_adapter)
+
+    def keys(train: TrainConfig) -> tuple[str, str]:
+        params = {"method": "sft", "base_model": base, "data": data, "train": train}
+        return training_run_key("sft", base, data, None, train), train_cache_key(context, params)
+
+    plain = TrainConfig(backend="sagemaker")
+    watched = TrainConfig.model_validate({
+        "backend": "sagemaker", "save_steps": 10,
+        "sagemaker": {"poll_s": 5, "endpoint_url": "http://127.0.0.1:5000", "spot": False,
+                      "max_runtime_s": 600, "max_wait_s": 900}})
+    assert keys(watched) == keys(plain)
+    for changed in (TrainConfig(backend="sagemaker", seed=7),
+                    TrainConfig.model_validate({"backend": "sagemaker", "sagemaker": {"instance_type": "ml.g6.xlarge"}}),
+                    TrainConfig(backend="sagemaker", lora={"r": 8})):
+        run_key, cache_key = keys(changed)
+        assert run_key != keys(plain)[0] and cache_key != keys(plain)[1]

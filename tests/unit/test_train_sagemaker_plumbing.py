@@ -312,6 +312,22 @@ def test_dockerfile_installs_the_requirements_and_ships_the_tasks_package():
 class FakeS3:
     def __init__(self, archive: Path):
         self.archive = archive
+        # The run's synced checkpoints, and another run's that must survive the clean-up.
+        self.objects = {f"{key}/checkpoints/{run}/checkpoint-{step}/adapter_model.safetensors"
+                        for key in [ROOT.split("/", 3)[3]] for run in ("k" * 64, "o" * 64) for step in (1, 2)}
+
+    def get_paginator(self, name):
+        assert name == "list_objects_v2"
+        objects = self.objects
+
+        class Pages:
+            def paginate(self, Bucket, Prefix):
+                yield {"Contents": [{"Key": key} for key in sorted(objects) if key.startswith(Prefix)]}
+
+        return Pages()
+
+    def delete_objects(self, Bucket, Delete):
+        self.objects -= {item["Key"] for item in Delete["Objects"]}
 
     def head_object(self, Bucket, Key):
         return {"ContentLength": self.archive.stat().st_size}
@@ -360,6 +376,7 @@ class FakeSageMaker(ScriptedClient):
 def _run(tmp_path: Path, client: FakeSageMaker) -> tuple[dict, list[str]]:
     archive = _archive(tmp_path, {"adapter_model.safetensors": b"w", "metrics.json": b'{"global_step": 3}'})
     logs: list[str] = []
+    store = FakeStore(archive)
     metrics = sagemaker.run_sagemaker_training(
         "sft",
         _train(poll_s=1),
@@ -370,10 +387,13 @@ def _run(tmp_path: Path, client: FakeSageMaker) -> tuple[dict, list[str]]:
         None,
         tmp_path / "out",
         log=logs.append,
-        store=FakeStore(archive),
+        store=store,
         client=client,
         sleep=lambda s: None,
     )
+    # The run's checkpoints are gone once its adapter is in hand; another run's are untouched.
+    assert store.client.objects and all("/checkpoints/" + "o" * 64 in key for key in store.client.objects)
+    assert any("deleted 2 checkpoint objects" in line for line in logs)
     return metrics, logs
 
 
