@@ -1,5 +1,6 @@
 """Curate stage: the student's base model (for its tokenizer), limits, dedup and splits, then the
-baseline: the untrained base scored on the held-out set before any training (validate reuses it)."""
+baselines: the untrained base, and the model now in production when there is one, scored on the
+held-out set before any training (validate compares against them; its own calls are cache hits)."""
 
 from prefect import flow
 
@@ -7,7 +8,9 @@ from tasks.base.tasks import prepare_base_model
 from tasks.core.recipe import Recipe
 from tasks.core.refs import StageOutput
 from tasks.core.stage import StageResult, combine, run_task
+from tasks.core.store import get_store
 from tasks.curate.tasks import curate_dataset
+from tasks.deploy.publish import production_gguf
 from tasks.validate.tasks import evaluate_model, evaluation_params
 
 
@@ -19,5 +22,11 @@ def curate_flow(recipe: Recipe, examples: StageOutput) -> StageResult:
                               config=recipe.curate, recipe_name=recipe.name)
     baseline, baseline_status = run_task(evaluate_model, heldout=output["heldout"], builtin=recipe.train.base_model,
                                          **evaluation_params(recipe))
-    return StageResult(status=combine([base_status, status, baseline_status]),
-                       outputs={"dataset": output, "base": base, "baseline": baseline})
+    outputs = {"dataset": output, "base": base, "baseline": baseline}
+    statuses = [base_status, status, baseline_status]
+    production = production_gguf(get_store(), recipe.name, recipe.package.serve)
+    if production is not None:
+        outputs["production_baseline"], production_status = run_task(
+            evaluate_model, heldout=output["heldout"], model=production, **evaluation_params(recipe))
+        statuses.append(production_status)
+    return StageResult(status=combine(statuses), outputs=outputs)

@@ -85,11 +85,19 @@ def rollback_latest(store: ArtifactStore, recipe: str) -> dict[str, Any]:
 
 
 def production_gguf(store: ArtifactStore, recipe: str, serve: str) -> ArtifactRef | None:
-    """The GGUF the ``latest`` pointer names (today's production model), or None."""
+    """The GGUF the ``latest`` pointer names (today's production model), or None.
+
+    The content-addressed ref the package stage made is preferred over the published copy (same
+    bytes): it is the ref the run that deployed the model evaluated, so scoring production again
+    with the same held-out set is a cache hit, not a second evaluation.
+    """
     latest = read_latest(store, recipe)
     manifest = read_manifest(store, latest["run_id"]) if latest else None
     entry = manifest["files"].get(f"gguf_{serve}") if manifest else None
     if entry is None:
         return None
-    ref = ArtifactRef.model_validate(entry["source"]).model_copy(update={"uri": entry["uri"]})
-    return ref if store.verify(ref) else None
+    source = ArtifactRef.model_validate(entry["source"])
+    if store.verify(source):
+        return source
+    published = source.model_copy(update={"uri": entry["uri"]})
+    return published if store.verify(published) else None
