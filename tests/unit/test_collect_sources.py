@@ -313,3 +313,37 @@ def test_an_instruction_file_that_is_not_utf8_fails_with_a_clear_error(tmp_path)
     path.write_bytes(b"- type: qa\n  prompt: caf\xe9\n")
     with pytest.raises(BadSourceFile, match="seeds.yaml is not UTF-8"):
         read_instructions(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "sample"),
+    [("openreview_files", "openreview/api_v2_iclr2026"), ("peerread", "peerread")],
+)
+def test_bad_files_among_saved_reviews_are_rejected_and_the_rest_kept(tmp_path, kind, sample):
+    good = sorted((REPO / "data" / "sample" / sample).rglob("*.json"))[0]
+    shutil.copy(good, tmp_path / "good.json")
+    (tmp_path / "latin1.json").write_bytes(b'{"id": "caf\xe9", "notes": [], "reviews": []}')
+    (tmp_path / "empty.json").write_bytes(b"")
+    (tmp_path / "truncated.json").write_text(good.read_text(encoding="utf-8")[:200], encoding="utf-8")
+    alone = collect_source(SourceConfig(kind=kind, path=str(good)))
+    batch = collect_source(SourceConfig(kind=kind, path=str(tmp_path)))
+    assert alone.records and {r.id for r in batch.records} == {r.id for r in alone.records}
+    reasons = {r.item: r.reason for r in batch.rejected}
+    assert set(reasons) == {"latin1.json", "empty.json", "truncated.json"}
+    assert "utf-8" in reasons["latin1.json"] and all(reason.startswith("unreadable") for reason in reasons.values())
+
+
+def test_a_10_mb_question_in_a_dump_is_collected_whole_for_curate_to_limit(tmp_path):
+    body = "&lt;p&gt;" + "word " * (2 * 1024 * 1024) + "&lt;/p&gt;"  # 10 MB of text in one attribute
+    dates = 'CreationDate="2020-01-01T00:00:00.000" LastActivityDate="2020-01-02T00:00:00.000" Score="1"'
+    rows = [
+        f'<row Id="1" PostTypeId="1" AcceptedAnswerId="2" {dates} Title="Big" Tags="&lt;x&gt;" Body="{body}" />',
+        f'<row Id="2" PostTypeId="2" ParentId="1" {dates} Body="&lt;p&gt;answer&lt;/p&gt;" />',
+        f'<row Id="3" PostTypeId="1" AcceptedAnswerId="4" {dates} Title="Small" Tags="&lt;x&gt;" Body="&lt;p&gt;q?&lt;/p&gt;" />',
+        f'<row Id="4" PostTypeId="2" ParentId="3" {dates} Body="&lt;p&gt;a.&lt;/p&gt;" />',
+    ]
+    dump = tmp_path / "Posts.xml"
+    dump.write_text('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n' + "\n".join(rows) + "\n</posts>\n")
+    batch = collect_source(SourceConfig(kind="stackexchange_dump", path=str(dump), query="x"))
+    sizes = sorted(len(r.question) for r in batch.records)
+    assert batch.rejected == [] and sizes[0] < 10 and sizes[1] > 10_000_000
