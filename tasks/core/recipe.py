@@ -138,7 +138,7 @@ class SourceConfig(Section):
     query: str | None = Field(default=None, description="Search query, venue id or site name, by kind.")
     ids: list[str] = Field(default_factory=list, description="Explicit ids (arXiv ids, forum ids...).")
     limit: int | None = Field(default=None, ge=1, description="At most this many items from this source.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Collector-specific options.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Collector-specific options, checked against the kind's (README: Sources).")
 
     def resolved_path(self) -> Path | None:
         if self.path is None:
