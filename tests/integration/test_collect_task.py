@@ -243,7 +243,10 @@ def test_a_wrong_source_entry_fails_at_once_and_a_service_failure_is_retried(
     assert tries == ["stackexchange_api"] * 3  # the first try and both retries
 
 
-def test_a_failed_service_falls_back_on_its_last_snapshot_and_the_run_goes_on(prefect_harness, monkeypatch):
+def test_a_failed_service_falls_back_on_its_last_snapshot_and_the_run_goes_on(collect_prefect_harness, home,
+                                                                               monkeypatch):
+    # This module's own harness: entering the session's while the module's is active would be undone
+    # when the module's exits, leaving later tests without an API URL.
     import flows.collect
     from flows.collect import collect_flow
     from tasks.collect.common import CollectError, SourceConfigError

@@ -78,14 +78,19 @@ def test_structured_output_follows_the_schema_and_sends_the_key(server, tmp_path
     assert teacher.stats.completions == 1 and teacher.stats.total_tokens > 0
 
 
-def test_concurrency_beats_sequential_at_200ms_latency(server, tmp_path, monkeypatch):
+def test_requests_are_in_flight_together_up_to_the_concurrency(server, tmp_path, monkeypatch):
+    # What concurrency buys in wall time is measured by bench/teacher_throughput.py; here, the server's
+    # own log shows how many requests it held at once (no timing threshold a loaded machine could miss).
     server.latency_s = 0.2
     teacher = make_teacher(server, tmp_path, monkeypatch, concurrency=8)
-    start = time.monotonic()
     out = teacher.map(lambda i: teacher.complete(ask(i)).text, list(range(16)), progress=lambda d, t: None)
-    elapsed = time.monotonic() - start
     assert len(out) == 16 and server.requests == 16
-    assert elapsed < 16 * 0.2 / 4  # sequential would take 3.2 s; 8 in flight ~0.4 s
+    events = sorted([(r.arrived, 1) for r in server.log] + [(r.finished, -1) for r in server.log])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert 4 <= peak <= 8  # one at a time would be 1; never more than the limit
 
 
 def test_retry_after_is_obeyed(server, tmp_path, monkeypatch):
