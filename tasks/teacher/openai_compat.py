@@ -129,7 +129,7 @@ class OpenAIChat:
         self.timeout_s = timeout_s
         self.structured_mode = structured_mode
         self.key_source = key_source
-        # Switched once, for good, when the endpoint says it wants max_completion_tokens (see _retry_with).
+        # Switched once, for good, when the endpoint asks for max_completion_tokens (_switched_token_param).
         self.token_param: TokenParam = "max_tokens"
         self._sync_client: Any = None
         self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
