@@ -9,9 +9,9 @@ which no source has anything to give.
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from tasks.collect.common import BadSourceFile, CollectError, SourceConfigError
+from tasks.collect.common import CollectError
 from tasks.collect.sources import source_fingerprint
-from tasks.collect.tasks import collect_source_task, previous_snapshot
+from tasks.collect.tasks import PERMANENT_ERRORS, collect_source_task, previous_snapshot
 from tasks.core.recipe import Recipe
 from tasks.core.stage import StageResult, combine, run_task
 
@@ -26,7 +26,7 @@ def collect_flow(recipe: Recipe) -> StageResult:
         try:
             output, status = run_task(collect_source_task, source=source, fingerprint=source_fingerprint(source),
                                       recipe_name=recipe.name)
-        except (SourceConfigError, BadSourceFile):
+        except PERMANENT_ERRORS:
             raise  # the recipe or its file is wrong: carrying on would hide it until the next week
         except Exception as exc:  # noqa: BLE001 - a failed service is reported, the run goes on
             error = f"{type(exc).__name__}: {exc}"[:300]

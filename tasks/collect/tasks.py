@@ -53,20 +53,28 @@ def state_key(recipe_name: str, source: SourceConfig) -> str:
     return f"state/collect/{recipe_name}/{sha256_json(source.model_dump(mode='json'))}.json"
 
 
+def _read_state(store: ArtifactStore, key: str) -> tuple[bytes | None, dict[str, Any], ArtifactRef | None]:
+    """The state's raw bytes, its content, and the ref of its records when they are intact in the store."""
+    raw = store.read_key(key)
+    if raw is None:
+        return None, {}, None
+    state = json.loads(raw)
+    ref = ArtifactRef.model_validate(state["records"])
+    return raw, state, ref if store.verify(ref) else None
+
+
 def load_previous(store: ArtifactStore, key: str) -> tuple[bytes | None, list[Record], str | None]:
     """The state's raw bytes, the records it points to and its watermark.
 
     A state whose records are gone from the store (a wiped folder) is treated as empty, watermark
     included: keeping the watermark without the records would lose them for good.
     """
-    raw = store.read_key(key)
+    raw, state, ref = _read_state(store, key)
     if raw is None:
         return None, [], None
-    state = json.loads(raw)
-    ref = ArtifactRef.model_validate(state["records"])
     try:
-        if not store.verify(ref):
-            raise StoreError(f"{ref.uri} is missing or does not match its sha256")
+        if ref is None:
+            raise StoreError(f"{state['records']['uri']} is missing or does not match its sha256")
         records = read_records_jsonl(store.local_path(ref))
     except (StoreError, OSError, ValueError) as exc:
         logger.warning(
@@ -154,13 +162,8 @@ def previous_snapshot(source: SourceConfig, recipe_name: str, store: ArtifactSto
     What a run falls back on when the source fails this time (see ``flows/collect.py``): nothing new,
     but nothing lost either. ``counts["collected_at"]`` says how old the snapshot is.
     """
-    store = store or get_store()
-    raw = store.read_key(state_key(recipe_name, source))
-    if raw is None:
-        return None
-    state = json.loads(raw)
-    ref = ArtifactRef.model_validate(state["records"])
-    if not store.verify(ref):
+    _, state, ref = _read_state(store or get_store(), state_key(recipe_name, source))
+    if ref is None:
         return None
     counts = {"collected": ref.rows, "new": 0, "updated": 0, "unchanged": 0, "rejected": 0,
               "watermark": state.get("watermark"), "collected_at": state.get("collected_at")}
@@ -180,9 +183,11 @@ def collect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return sha256_json({"base": base, "collectors": source_hash_of(context.task.fn, _COLLECTOR_MODULES)})
 
 
-# A wrong source entry (missing path, missing option, unknown site or table), a malformed or missing
-# file fails at once; a lost state race (PointerConflict) and service failures are retried.
-retry_collect = retry_unless(SourceConfigError, BadSourceFile, FileNotFoundError)
+# What a retry, or next week's run, cannot fix: a wrong source entry (missing path, missing option,
+# unknown site or table), a malformed or missing file. The task fails at once and the collect flow does
+# not stand a snapshot in for it; a lost state race (PointerConflict) and service failures are retried.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (SourceConfigError, BadSourceFile, FileNotFoundError)
+retry_collect = retry_unless(*PERMANENT_ERRORS)
 
 
 @task(

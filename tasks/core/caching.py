@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from tasks.core.hashing import sha256_file, sha256_json
+from tasks.core.hashing import sha256_file, sha256_file_cached, sha256_json
 
 # Bump to invalidate every cached result at once (a change to record formats, say).
 CACHE_VERSION = "1"
@@ -54,11 +54,6 @@ def source_hash_of(fn: Callable[..., Any], extra_modules: tuple[str, ...] = ()) 
     return sha256_json([(Path(f).name, _source_hash(f)) for f in files])
 
 
-@lru_cache(maxsize=16)
-def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(Path(path))
-
-
 def local_teacher_hashes(parameters: dict[str, Any]) -> dict[str, str]:
     """Parameter name -> content hash of the GGUF of each local (llama_cpp) teacher among ``parameters``.
 
@@ -75,8 +70,7 @@ def local_teacher_hashes(parameters: dict[str, Any]) -> dict[str, str]:
                 path = resolve_gguf(value.model)
             except ModelNotFound:
                 continue  # the task itself reports the missing model
-            stat = path.stat()
-            hashes[name] = _file_hash(str(path), stat.st_size, stat.st_mtime_ns)
+            hashes[name] = sha256_file_cached(path)
     return hashes
 
 

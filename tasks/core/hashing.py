@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,18 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def _sha256_file_version(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def sha256_file_cached(path: Path) -> str:
+    """:func:`sha256_file`, computed once per process for each version (size, mtime) of a file: for
+    large files hashed again and again, such as a local model named in every cache key."""
+    stat = path.stat()
+    return _sha256_file_version(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tasks.core.hashing import sha256_file
+from tasks.core.hashing import sha256_file_cached
 from tasks.teacher.base import Completion, CompletionRequest
 
 
@@ -46,11 +45,12 @@ class LlamaCppChat:
         self._llm: Any = None
         self._lock = threading.Lock()
 
-    @functools.cached_property
+    @property
     def cache_scope(self) -> str:
         """The GGUF's content, not its name: a file re-downloaded or re-quantized under the same name is
-        another model, and its answers must not come from the old file's cache entries."""
-        return f"llama_cpp:{sha256_file(self.model_path)[:16]}"
+        another model, and its answers must not come from the old file's cache entries (the hash is the
+        one the stage cache keys computed, once per process and file version)."""
+        return f"llama_cpp:{sha256_file_cached(self.model_path)[:16]}"
 
     def _load(self) -> Any:
         if self._llm is None:
