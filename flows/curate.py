@@ -6,16 +6,15 @@ from prefect import flow
 
 from tasks.base.tasks import prepare_base_model
 from tasks.core.recipe import Recipe
-from tasks.core.refs import StageOutput
+from tasks.core.refs import ArtifactRef, StageOutput
 from tasks.core.stage import StageResult, combine, run_task
-from tasks.core.store import get_store
 from tasks.curate.tasks import curate_dataset
-from tasks.deploy.publish import production_gguf
 from tasks.validate.tasks import evaluate_model, evaluation_params
 
 
 @flow(name="curate")
-def curate_flow(recipe: Recipe, examples: StageOutput) -> StageResult:
+def curate_flow(recipe: Recipe, examples: StageOutput, production: ArtifactRef | None = None) -> StageResult:
+    """``production``: the GGUF the store's ``latest`` pointer names (scored as ``production_baseline``)."""
     base, base_status = run_task(prepare_base_model, base_model=recipe.train.base_model,
                                  trust_remote_code=recipe.train.trust_remote_code)
     output, status = run_task(curate_dataset, examples=examples["examples"], base_model=base["model"],
@@ -24,7 +23,6 @@ def curate_flow(recipe: Recipe, examples: StageOutput) -> StageResult:
                                          **evaluation_params(recipe))
     outputs = {"dataset": output, "base": base, "baseline": baseline}
     statuses = [base_status, status, baseline_status]
-    production = production_gguf(get_store(), recipe.name, recipe.package.serve)
     if production is not None:
         outputs["production_baseline"], production_status = run_task(
             evaluate_model, heldout=output["heldout"], model=production, **evaluation_params(recipe))

@@ -145,14 +145,15 @@ def _run_stages(r: Recipe, start: float) -> dict[str, Any]:
 def build_model(stages: StageRunner, r: Recipe, run_id: str, examples: StageOutput,
                 collected: dict[str, StageOutput]) -> None:
     """curate -> pairs -> train -> package -> validate -> deploy for one model, recorded in ``stages``."""
-    curated = stages.run("curate", curate_flow, r, examples)
-    paired = curated and stages.run("pairs", pairs_flow, r, curated.output("dataset"))
+    # Today's production model, read once: the baselines, on-policy pairs and the gate see the same one.
+    production = production_gguf(get_store(), r.name, r.package.serve)
+    curated = stages.run("curate", curate_flow, r, examples, production)
+    paired = curated and stages.run("pairs", pairs_flow, r, curated.output("dataset"), production)
     pairs = paired.outputs.get("pairs") if paired else None
     trained = paired and stages.run("train", train_flow, r, curated.output("base"), curated.output("dataset"), pairs)
     packaged = trained and stages.run("package", package_flow, r, curated.output("base"), trained.output("final"))
     validated = packaged and stages.run("validate", validate_flow, r, curated.output("dataset"),
-                                        packaged.output("package"),
-                                        production_gguf(get_store(), r.name, r.package.serve), pairs)
+                                        packaged.output("package"), production, pairs)
     if validated:
         package, gate = packaged.output("package"), validated.output("decision").counts["gate"]
         artifacts = {**{k: v for k, v in package.artifacts.items() if k != "manifest"},

@@ -9,10 +9,11 @@ wrappers), so an edit to a stage's logic invalidates that stage and nothing upst
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -23,6 +24,10 @@ CACHE_VERSION = "1"
 
 
 def _jsonable(value: Any) -> Any:
+    from tasks.core.recipe import Section
+
+    if isinstance(value, Section):
+        return value.identity()  # a recipe section without the fields that only say how it runs
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", by_alias=True)
     if isinstance(value, dict):

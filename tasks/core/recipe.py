@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,23 @@ SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # How a stage is run, watched or paced, not what it produces: left out of cache keys and run keys,
+    # so changing one neither redoes finished work nor starts a running job over.
+    operational: ClassVar[frozenset[str]] = frozenset()
+
+    def identity_exclude(self) -> dict[str, Any]:
+        """Pydantic ``exclude`` for the operational fields of this section and of its nested sections."""
+        exclude: dict[str, Any] = dict.fromkeys(self.operational, True)
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name not in exclude and isinstance(value, Section) and (nested := value.identity_exclude()):
+                exclude[name] = nested
+        return exclude
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what a stage produces: the section as JSON minus its operational fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude=self.identity_exclude() or None)
 
 
 class _Options(BaseModel):
@@ -147,7 +164,7 @@ class SourceConfig(Section):
         return path if path.is_absolute() else (RECIPES_DIR.parents[1] / path).resolve()
 
     @model_validator(mode="after")
-    def _known_options(self) -> "SourceConfig":
+    def _known_options(self) -> SourceConfig:
         check_source_options(self.kind, self.options)
         return self
 
@@ -158,6 +175,10 @@ class CollectConfig(Section):
 
 class TeacherConfig(Section):
     """The model that writes the synthetic data, critiques and judges."""
+
+    operational = frozenset({"api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute",
+                             "request_timeout_s", "max_retries", "retry_backoff_s", "max_wait_s",
+                             "limiter_burst_s", "shards", "dask_address"})
 
     provider: Literal["llama_cpp", "openai"] = Field(
         default="llama_cpp",
@@ -184,13 +205,17 @@ class TeacherConfig(Section):
     price_per_1k_prompt_tokens: float | None = Field(default=None, ge=0, description="Price per 1,000 prompt tokens; with it, cost is counted.")
     price_per_1k_completion_tokens: float | None = Field(default=None, ge=0, description="Price per 1,000 completion tokens.")
     max_cost: float | None = Field(default=None, gt=0, description="Per-run cost cap, in the prices' currency (needs prices).")
+    shards: int = Field(default=1, ge=1, description="Split the synthesize stage's generation into this many shards, "
+                        "each run by a Dask worker process with 1/shards of the rate limits and budget.")
+    dask_address: str | None = Field(default=None, description="Scheduler of a running Dask cluster for the shards "
+                                     "(tcp://host:8786); none: a local cluster of `shards` worker processes.")
     structured_mode: Literal["json_schema", "json_object", "prompt"] = Field(
         default="json_schema",
         description="How a JSON schema is requested: response_format json_schema (OpenAI, Gemini, Groq, OpenRouter, vLLM, "
                     "Ollama, llama.cpp server), JSON mode with the schema in the prompt, or prompt only.")
 
     @model_validator(mode="after")
-    def _cost_cap_needs_prices(self) -> "TeacherConfig":
+    def _cost_cap_needs_prices(self) -> TeacherConfig:
         if self.max_cost is not None and self.price_per_1k_prompt_tokens is None and self.price_per_1k_completion_tokens is None:
             raise ValueError("teacher.max_cost needs teacher.price_per_1k_prompt_tokens or price_per_1k_completion_tokens")
         return self
@@ -256,6 +281,8 @@ class OptimConfig(Section):
 class SageMakerConfig(Section):
     """Where and how a SageMaker training job runs (train.backend=sagemaker)."""
 
+    operational = frozenset({"poll_s", "endpoint_url", "spot", "max_runtime_s", "max_wait_s"})
+
     image_uri: str | None = Field(default=None, description="Training image with this repo's requirements (infra/sagemaker).")
     role_arn: str | None = Field(default=None, description="SageMaker execution role (infra/cloudformation output).")
     instance_type: str = Field(default="ml.g5.xlarge")
@@ -269,6 +296,8 @@ class SageMakerConfig(Section):
 
 
 class TrainConfig(Section):
+    operational = frozenset({"save_steps"})
+
     base_model: str = Field(default="smollm2-135m", description="Built-in name, a local HF folder or a GGUF file.")
     method: Literal["sft", "dpo", "sft+dpo"] = Field(default="sft+dpo")
     backend: Literal["local", "sagemaker"] = Field(default="local")
@@ -293,7 +322,7 @@ class PackageConfig(Section):
     num_predict: int = Field(default=512, ge=1, description="Modelfile PARAMETER num_predict: the longest answer served.")
 
     @model_validator(mode="after")
-    def _serve_is_built(self) -> "PackageConfig":
+    def _serve_is_built(self) -> PackageConfig:
         if self.serve not in self.quantizations:
             raise ValueError(f"package.serve={self.serve!r} is not in package.quantizations={self.quantizations}")
         return self
@@ -350,7 +379,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _variants_are_produced(self) -> "Recipe":
+    def _variants_are_produced(self) -> Recipe:
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants has duplicates: {self.variants}")
         if self.variants and self.synthesize.generator != "personas":

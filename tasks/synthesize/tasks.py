@@ -31,9 +31,14 @@ def synthesize_examples(records: list[ArtifactRef], config: SynthesizeConfig,
     rows = [row for ref in records for row in read_jsonl(store.local_path(ref))]
     teacher = get_teacher(teacher_config)
     stats = fresh_stats(teacher)
+    generator_teacher = teacher
+    if teacher_config.shards > 1:  # the generators' maps fan out onto Dask workers (tasks/teacher/scale.py)
+        from tasks.teacher.scale import ShardedTeacher
+
+        generator_teacher = ShardedTeacher(teacher, teacher_config)
     progress = Progress("synthesize", min(config.max_items, len(rows)))
     try:
-        examples, rejected = synthesize(rows, config, teacher_config, teacher, progress=progress)
+        examples, rejected = synthesize(rows, config, teacher_config, generator_teacher, progress=progress)
     finally:
         progress.close()
     with tempfile.TemporaryDirectory() as tmp:

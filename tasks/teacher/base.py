@@ -78,6 +78,9 @@ class RateLimitDeferred(TeacherError):
         super().__init__(message)
         self.wait_s = wait_s
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries from a Dask shard
+        return type(self), (str(self), self.wait_s)
+
 
 class RetriesExhausted(TeacherError):
     """A request still failed after ``max_retries`` retries (5xx bursts, timeouts, repeated 429s)."""
@@ -85,6 +88,9 @@ class RetriesExhausted(TeacherError):
     def __init__(self, message: str, attempts: int):
         super().__init__(message)
         self.attempts = attempts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.attempts)
 
 
 FailureKind = Literal["rate_limit", "server", "timeout", "connection", "bad_response"]

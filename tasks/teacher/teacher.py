@@ -86,17 +86,22 @@ class TeacherStats(BaseModel):
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def add(self, other: TeacherStats) -> None:
+        """Add another account (a shard's) to this one, in place."""
+        for name, value in other.model_dump(exclude={"total_tokens"}).items():
+            mine = getattr(self, name)
+            if isinstance(value, bool):
+                setattr(self, name, mine or value)
+            elif isinstance(value, (int, float)):
+                setattr(self, name, mine + value)
+            elif value is not None and mine is None:
+                setattr(self, name, value)
+
     def merge(self, other: TeacherStats) -> TeacherStats:
         """The sum of two accounts (shards of one fan-out)."""
-        data = self.model_dump(exclude={"total_tokens"})
-        for name, value in other.model_dump(exclude={"total_tokens"}).items():
-            if isinstance(value, bool):
-                data[name] = data[name] or value
-            elif isinstance(value, (int, float)):
-                data[name] = data[name] + value
-            elif value is not None and data[name] is None:
-                data[name] = value
-        return TeacherStats(**data)
+        total = self.model_copy()
+        total.add(other)
+        return total
 
     def summary(self) -> str:
         text = (f"{self.completions} paid, {self.cache_hits} cached, {self.retries} retries, "
@@ -227,6 +232,11 @@ class Teacher:
         with self._lock:
             for name, delta in deltas.items():
                 setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    def absorb(self, stats: TeacherStats) -> None:
+        """Book what other teachers did on this one's behalf (the shards of a fan-out)."""
+        with self._lock:
+            self.stats.add(stats)
 
     def budget(self) -> Budget:
         """This run's budget (a new Prefect flow run starts a new one)."""
@@ -521,15 +531,15 @@ def get_teacher(config: TeacherConfig) -> Teacher:
     """One teacher per config per process, with the durable cache under the state folder."""
     from tasks.core.settings import get_settings
 
-    key = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    path = get_settings().cache_dir / "teacher.sqlite"
+    key = json.dumps([config.model_dump(mode="json"), str(path)], sort_keys=True)  # a moved state folder: a new one
     with _TEACHERS_LOCK:
         teacher = _TEACHERS.get(key)
     if teacher is None:
         provider = shared_provider(config)
         with _TEACHERS_LOCK:
             if key not in _TEACHERS:
-                cache = RequestCache(get_settings().cache_dir / "teacher.sqlite")
-                _TEACHERS[key] = Teacher.from_config(config, provider=provider, cache=cache)
+                _TEACHERS[key] = Teacher.from_config(config, provider=provider, cache=RequestCache(path))
             teacher = _TEACHERS[key]
     return teacher
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -19,35 +18,14 @@ from tasks.core.settings import get_settings
 from tasks.core.store import get_store
 
 
-# How a run is watched and billed, not what it computes: changing one of these neither retrains a
-# finished adapter nor starts a running one over (its checkpoints stay its own).
-OPERATIONAL_FIELDS: dict[str, Any] = {
-    "save_steps": True,
-    "sagemaker": {"poll_s": True, "endpoint_url": True, "spot": True, "max_runtime_s": True, "max_wait_s": True},
-}
-
-
-def training_identity(train: TrainConfig) -> dict[str, Any]:
-    """The training settings that decide the adapter: the config minus :data:`OPERATIONAL_FIELDS`."""
-    return train.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
-
-
 def training_run_key(method: str, base: ArtifactRef, data: ArtifactRef, init: ArtifactRef | None,
                      train: TrainConfig) -> str:
     """Identifies one training run: checkpoints are only ever restored into the same run."""
     return sha256_json({"method": method, "base": base.sha256, "data": data.sha256,
-                        "init": init.sha256 if init else None, "train": training_identity(train)})
+                        "init": init.sha256 if init else None, "train": train.identity()})
 
 
-def train_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """:func:`stage_cache_key` over the training identity, so an operational change reuses the adapter."""
-    train = parameters.get("train")
-    if isinstance(train, TrainConfig):
-        parameters = {**parameters, "train": training_identity(train)}
-    return stage_cache_key(context, parameters)
-
-
-@task(cache_key_fn=train_cache_key, persist_result=True, result_serializer="json", retries=1,
+@task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retries=1,
       retry_delay_seconds=5)
 def train_adapter(method: str, base_model: ArtifactRef, data: ArtifactRef, train: TrainConfig,
                   eval_data: ArtifactRef | None = None, init_adapter: ArtifactRef | None = None) -> StageOutput:

@@ -1,4 +1,4 @@
-"""The teacher inside Prefect: progress artifacts, keys from Secret blocks, fan-out on a Dask cluster.
+"""The teacher inside Prefect: progress artifacts, keys from Secret blocks, fan-out onto Dask workers.
 
 They run under the session's ``prefect_harness`` (tests/conftest.py): one temporary server for all flow tests.
 """
@@ -15,7 +15,7 @@ from tasks.core.recipe import TeacherConfig
 from tasks.core.settings import get_settings
 from tasks.teacher import teacher as teacher_module
 from tasks.teacher.base import messages
-from tests.fakes.openai_server import OpenAIServer
+from tests.fakes.openai_server import Fault, OpenAIServer
 
 pytestmark = pytest.mark.integration
 
@@ -95,31 +95,52 @@ def test_the_key_comes_from_a_secret_block_and_never_shows(prefect_harness, serv
     assert CANARY not in caplog.text and "CANARY" not in repr(teacher) + str(teacher.provider)
 
 
-def test_generation_fans_out_on_a_local_dask_cluster(prefect_harness, server, home, monkeypatch):
+def test_a_sharded_teacher_runs_a_generators_closure_on_dask_workers(prefect_harness, server, home, monkeypatch):
     from distributed import LocalCluster
-    from prefect import flow
 
-    from tasks.teacher.scale import dask_task_runner, fan_out
+    from tasks.teacher.scale import ShardedTeacher
 
     monkeypatch.setenv("FAKE_TEACHER_KEY", "sk-test")  # before the workers start: they inherit it
-    config = _config(server, "FAKE_TEACHER_KEY", concurrency=2, requests_per_minute=6000)
-
-    def generate(items: list[int]):
-        return fan_out(config, make_note, items, shards=2)
-
     items = list(range(12))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        on_cluster = flow(generate, name="fan-out", task_runner=dask_task_runner(address=cluster.scheduler_address))
-        results, stats = on_cluster(items)
+        config = _config(server, "FAKE_TEACHER_KEY", concurrency=2, requests_per_minute=6000, shards=2,
+                         dask_address=cluster.scheduler_address)
+        stage_teacher = teacher_module.get_teacher(config)
+        stats = teacher_module.fresh_stats(stage_teacher)
+        teacher = ShardedTeacher(stage_teacher, config)
+        topic = "topic"
+
+        def one(item: int) -> dict:  # a closure over the teacher, as the generators write them
+            value, reason = teacher.structured(messages(("user", f"{topic} {item}")), Note, max_tokens=32)
+            assert reason is None
+            return {"item": item, "title": value.title, "pid": os.getpid(), "teacher": teacher.name}
+
+        seen: list[tuple[int, int]] = []
+        results = teacher.map(one, items, progress=lambda done, total: seen.append((done, total)))
         assert [r["item"] for r in results] == items
         pids = {r["pid"] for r in results}
         assert len(pids) == 2 and os.getpid() not in pids  # two worker processes did the work
-        assert server.requests == 12 and stats.completions == 12 and stats.cache_hits == 0
+        assert {r["teacher"] for r in results} == {stage_teacher.name}
+        assert sorted(seen) == [(6, 12), (12, 12)]  # progress as each shard finishes
+        # The workers' requests are booked on the stage's teacher.
+        assert server.requests == 12 and stats.completions == 12 and stats.requests == 12 and stats.cache_hits == 0
         # The workers share the durable cache: a second fan-out pays for nothing.
         server.clear()
-        again, stats = on_cluster(items)
+        again = teacher.map(one, items)
     assert [r["title"] for r in again] == [r["title"] for r in results]
-    assert server.requests == 0 and stats.cache_hits == 12
+    assert server.requests == 0 and stats.cache_hits == 12 and stats.completions == 12
+
+
+def test_a_shard_failure_reaches_the_stage_with_its_type(prefect_harness, server, home, monkeypatch):
+    from tasks.teacher.base import QuotaExhausted
+    from tasks.teacher.scale import ShardedTeacher
+
+    monkeypatch.setenv("FAKE_TEACHER_KEY", "sk-test")
+    server.script(*[Fault.quota()] * 3)
+    config = _config(server, "FAKE_TEACHER_KEY", shards=2)  # no address: a local cluster for the call
+    teacher = ShardedTeacher(teacher_module.get_teacher(config), config)
+    with pytest.raises(QuotaExhausted, match="quota"):
+        teacher.map(lambda item: teacher.structured(messages(("user", f"q {item}")), Note), [1, 2, 3])
 
 
 def test_dask_task_runner_builds_a_local_cluster_by_default():

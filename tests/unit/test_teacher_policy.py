@@ -341,3 +341,24 @@ def test_a_stage_that_used_a_local_teacher_is_redone_when_the_model_file_changes
     assert stage_cache_key(context, local) != before
     remote = {"teacher_config": TeacherConfig(provider="openai", model="gpt-x"), "n": 1}
     assert stage_cache_key(context, remote) == stage_cache_key(context, remote)
+
+
+def test_how_the_teacher_is_paced_or_sharded_does_not_redo_a_stage():
+    from types import SimpleNamespace
+
+    from tasks.core.caching import stage_cache_key
+    from tasks.core.recipe import TeacherConfig
+
+    context = SimpleNamespace(task=SimpleNamespace(fn=test_how_the_teacher_is_paced_or_sharded_does_not_redo_a_stage))
+
+    def key(**fields: object) -> str:
+        config = TeacherConfig.model_validate({"provider": "openai", "model": "gpt-x", **fields})
+        return stage_cache_key(context, {"teacher_config": config})
+
+    plain = key()
+    assert key(concurrency=16, requests_per_minute=500, tokens_per_minute=90_000, request_timeout_s=30,
+               max_retries=2, retry_backoff_s=2, max_wait_s=5, limiter_burst_s=3, shards=4,
+               dask_address="tcp://10.0.0.5:8786", api_key_env="TEAM_KEY") == plain
+    for changed in ({"temperature": 0.7}, {"max_tokens": 512}, {"seed": 1}, {"model": "gpt-y"},
+                    {"max_total_tokens": 1000}, {"structured_mode": "prompt"}):
+        assert key(**changed) != plain, changed

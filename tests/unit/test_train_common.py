@@ -349,9 +349,10 @@ def test_warmup_never_takes_every_step(max_steps):
 def test_operational_settings_neither_retrain_nor_restart_a_run():
     from types import SimpleNamespace
 
+    from tasks.core.caching import stage_cache_key
     from tasks.core.recipe import TrainConfig
     from tasks.core.refs import ArtifactRef
-    from tasks.train.tasks import train_adapter, train_cache_key, training_run_key
+    from tasks.train.tasks import train_adapter, training_run_key
 
     base = ArtifactRef(uri="file:///b", sha256="b" * 64, bytes=1, kind="model")
     data = ArtifactRef(uri="file:///d", sha256="d" * 64, bytes=1, kind="dataset")
@@ -359,7 +360,7 @@ def test_operational_settings_neither_retrain_nor_restart_a_run():
 
     def keys(train: TrainConfig) -> tuple[str, str]:
         params = {"method": "sft", "base_model": base, "data": data, "train": train}
-        return training_run_key("sft", base, data, None, train), train_cache_key(context, params)
+        return training_run_key("sft", base, data, None, train), stage_cache_key(context, params)
 
     plain = TrainConfig(backend="sagemaker")
     watched = TrainConfig.model_validate({
