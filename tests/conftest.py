@@ -63,6 +63,14 @@ def prefect_harness(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smoke_dag_home(tmp_path_factory):
+    """The state folder of the stats-qa smoke DAG runs: tests/e2e/test_full_dag.py runs it cold and warm,
+    then the UI test's run from the deployment finds those stages cached, as a manual run from the UI
+    finds the weekly run's. Each test also holds on its own, slower, when run alone."""
+    return tmp_path_factory.mktemp("smoke-dag") / "home"
+
+
+@pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory):
     """SmolLM2-135M as a transformers folder (dequantized from the packaged GGUF once per session)."""
     from tasks.base.export import export_base_model

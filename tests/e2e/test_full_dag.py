@@ -28,6 +28,7 @@ def run_dag(home: Path, *extra: str, env_extra: dict | None = None) -> tuple[int
     for item in extra:
         args += ["--set", item]
     out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
+    home.parent.mkdir(parents=True, exist_ok=True)
     # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
     # neither hold the test's pipes open nor outlive the test.
     with open(out, "w") as stdout, open(err, "w") as stderr:
@@ -46,8 +47,8 @@ def statuses(summary: dict) -> dict[str, str]:
     return {name: stage["status"] for name, stage in summary["stages"].items()}
 
 
-def test_cold_warm_changed_and_failed_runs(tmp_path):
-    home = tmp_path / "home"
+def test_cold_warm_changed_and_failed_runs(tmp_path, smoke_dag_home):
+    home = smoke_dag_home
 
     # 1. A stage fails (llama.cpp's converter is missing): earlier stages keep their artifacts.
     code, failed, _ = run_dag(home, env_extra={"DISTILLERY_CONVERTER_DIR": str(tmp_path / "no-converter")})
@@ -82,12 +83,20 @@ def test_cold_warm_changed_and_failed_runs(tmp_path):
     assert set(statuses(warm).values()) == {"cached"}
     assert warm["teacher_calls"] == 0
 
-    # 4. One field changed, pairs.on_policy: pairs and every stage after it run again, none before, and
-    #    the first responses of the new pairs come from the model run 2 put in production.
+    # 4. One field changed, pairs.on_policy: pairs runs again, no stage before it does, and the first
+    #    responses of the new pairs come from the model run 2 put in production.
     code, changed, stderr = run_dag(home, "pairs.on_policy=true")
     assert code == 0, stderr[-3000:]
-    assert statuses(changed) == {**{s: "cached" for s in STAGES[:3]},
-                                 **{s: "completed" for s in STAGES[3:]}}
+    # What the new pairs are depends on what the barely trained model writes on this machine's llama.cpp
+    # build (two smoke prompts can yield no pair at all), so the expectation follows from them: an
+    # unchanged pairs file leaves every later stage cached; changed pairs make a new model, and when
+    # there are none the model is the SFT adapter alone, which the cache already holds.
+    pairs_changed = changed["artifacts"].get("pairs") != cold["artifacts"].get("pairs")
+    no_pairs = changed["counts"]["pairs"]["pairs"]["pairs"] == 0
+    train = "completed" if pairs_changed and not no_pairs else "cached"
+    after = "completed" if pairs_changed else "cached"
+    assert statuses(changed) == {**{s: "cached" for s in STAGES[:3]}, "pairs": "completed", "train": train,
+                                 **{s: after for s in STAGES[5:]}}
     production = hashlib.sha256(gguf.read_bytes()).hexdigest()[:12]
     with sqlite3.connect(home / "cache" / "student.sqlite") as db:
         respondents = {row[0] for row in db.execute("SELECT DISTINCT model FROM completions")}
