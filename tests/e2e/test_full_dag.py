@@ -16,13 +16,16 @@ from pathlib import Path
 import pytest
 
 from tasks.core.models import resolve_gguf
+from tests.fakes.prefect_server import user_env
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
 
 def run_dag(home: Path, *extra: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
-    env = {**os.environ, "DISTILLERY_HOME": str(home), **(env_extra or {})}
+    # Prefect's home and results follow DISTILLERY_HOME, as for a user, so the UI test's worker (which
+    # runs with the same state folder) finds this test's stage results.
+    env = user_env(home, **(env_extra or {}))
     # The recipe's smoke profile: a tiny sample through every stage.
     args = [sys.executable, "-m", "flows.full", "--profile", "smoke"]
     for item in extra:

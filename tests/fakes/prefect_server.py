@@ -55,12 +55,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _without_prefect_settings() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+
+
 def prefect_env(api_url: str, prefect_home: Path, **extra: str) -> dict[str, str]:
     """The environment of a client process (CLI, worker, flow) talking to the server at ``api_url``."""
     prefect_home.mkdir(parents=True, exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env = _without_prefect_settings()
     env.update(_QUIET, PREFECT_API_URL=api_url, PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1")
     env.update(extra)
+    return env
+
+
+def user_env(distillery_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user's shell running distillery with this state folder: this process's
+    environment without its ``PREFECT_*`` variables (importing ``flows`` set them for the test session's
+    first state folder, and they would win over ``DISTILLERY_HOME`` in the child)."""
+    env = _without_prefect_settings()
+    env.update(DISTILLERY_HOME=str(distillery_home), **extra)
     return env
 
 
