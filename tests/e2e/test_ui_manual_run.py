@@ -42,7 +42,6 @@ DEPLOYMENT = "stats-qa-ui"
 MODEL_NAME = "ui-student"
 OVERRIDE = f"deploy.model_name={MODEL_NAME}"  # touches the deploy stage only
 RUN_NAME = "manual-run-from-the-ui"
-STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
 
 
 def _require_browser() -> None:
