@@ -18,14 +18,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks.core.hashing import sha256_file, sha256_file_cached, sha256_json
+from tasks.core.recipe import Section
 
 # Bump to invalidate every cached result at once (a change to record formats, say).
 CACHE_VERSION = "1"
 
 
 def _jsonable(value: Any) -> Any:
-    from tasks.core.recipe import Section
-
     if isinstance(value, Section):
         return value.identity()  # a recipe section without the fields that only say how it runs
     if isinstance(value, BaseModel):

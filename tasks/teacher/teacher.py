@@ -97,12 +97,6 @@ class TeacherStats(BaseModel):
             elif value is not None and mine is None:
                 setattr(self, name, value)
 
-    def merge(self, other: TeacherStats) -> TeacherStats:
-        """The sum of two accounts (shards of one fan-out)."""
-        total = self.model_copy()
-        total.add(other)
-        return total
-
     def summary(self) -> str:
         text = (f"{self.completions} paid, {self.cache_hits} cached, {self.retries} retries, "
                 f"{self.rejects} rejects, {self.total_tokens} tokens")

@@ -305,10 +305,10 @@ def test_extract_json(text, expected):
     assert extract_json(text) == expected
 
 
-def test_stats_merge_sums_counts_and_keeps_stops():
-    a = TeacherStats(requests=3, cost=0.5, prompt_tokens=10)
-    b = TeacherStats(requests=2, cost=0.25, completion_tokens=5, budget_stopped=True, stop_reason="token budget")
-    merged = a.merge(b)
+def test_stats_add_sums_counts_and_keeps_stops():
+    merged = TeacherStats(requests=3, cost=0.5, prompt_tokens=10)
+    merged.add(TeacherStats(requests=2, cost=0.25, completion_tokens=5, budget_stopped=True,
+                            stop_reason="token budget"))
     assert merged.requests == 5 and merged.cost == 0.75 and merged.total_tokens == 15
     assert merged.budget_stopped and merged.stop_reason == "token budget"
     assert "total_tokens" in merged.model_dump()
