@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.prefect_server import user_env
+
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
 
 
 def run_recipe(home: Path, recipe: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
-    env = {**os.environ, "DISTILLERY_HOME": str(home), **(env_extra or {})}
+    env = user_env(home, **(env_extra or {}))
     env.pop("DISTILLERY_OLLAMA_HOST", None)
     env.pop("DISTILLERY_STORE_URI", None)
     args = [sys.executable, "-m", "flows.full", "--recipe", recipe, "--profile", "smoke"]

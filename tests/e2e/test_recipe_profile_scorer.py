@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.openai_server import OpenAIServer
+from tests.fakes.prefect_server import user_env
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "valid
 
 def run_recipe(home: Path, recipe: str, env_extra: dict | None = None,
                overrides: list[str] = ()) -> tuple[int, dict, str]:
-    env = {**os.environ, "DISTILLERY_HOME": str(home), **(env_extra or {})}
+    env = user_env(home, **(env_extra or {}))
     env.pop("DISTILLERY_OLLAMA_HOST", None)
     env.pop("DISTILLERY_STORE_URI", None)
     args = [sys.executable, "-m", "flows.full", "--recipe", recipe, "--profile", "smoke"]
@@ -77,7 +78,7 @@ def database(tmp_path):
 
 
 def _seed(home: Path, dsn: str) -> dict:
-    env = {**os.environ, "DISTILLERY_HOME": str(home)}
+    env = user_env(home)
     done = subprocess.run([sys.executable, "-m", "tasks.collect.seed_profiles", "--dsn", dsn, "--limit", "14"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

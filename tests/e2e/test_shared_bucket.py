@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.prefect_server import user_env
 from tests.fakes.s3 import moto_s3_endpoint, new_bucket, s3_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(home: Path, env_extra: dict) -> tuple[int, dict, str]:
-    env = {**os.environ, "DISTILLERY_HOME": str(home), **env_extra}
+    env = user_env(home, **env_extra)
     env.pop("DISTILLERY_OLLAMA_HOST", None)
     out, err = home.parent / f"{home.name}.out", home.parent / f"{home.name}.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:

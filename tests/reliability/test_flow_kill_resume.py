@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.openai_server import Fault, OpenAIServer
+from tests.fakes.prefect_server import user_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def _overrides(base_url: str) -> list[str]:
 
 
 def _start(home: Path, base_url: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DISTILLERY_HOME": str(home), "FAKE_TEACHER_KEY": "sk-test-key"}
+    env = user_env(home, FAKE_TEACHER_KEY="sk-test-key")
     return subprocess.Popen([sys.executable, "-c", GENERATE, json.dumps(_overrides(base_url))], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
