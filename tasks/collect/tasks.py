@@ -27,7 +27,7 @@ from prefect import task
 from tasks.collect.common import BadSourceFile, SourceConfigError, logger
 from tasks.collect.records import Record, Rejected
 from tasks.collect.sources import collect_source, read_records_jsonl, write_records_jsonl
-from tasks.core.caching import source_hash_of, stage_cache_key, weekly_cache_key
+from tasks.core.caching import stage_cache_key, weekly_cache_key
 from tasks.core.hashing import sha256_json
 from tasks.core.recipe import SourceConfig
 from tasks.core.refs import ArtifactRef, StageOutput
@@ -35,17 +35,6 @@ from tasks.core.stage import retry_unless
 from tasks.core.store import ArtifactStore, StoreError, get_store
 
 STATE_VERSION = 1
-# The collectors live in sibling modules; an edit to any of them must invalidate cached collections.
-_COLLECTOR_MODULES = (
-    "tasks.collect.sources",
-    "tasks.collect.stackexchange",
-    "tasks.collect.arxiv",
-    "tasks.collect.pdf_worker",
-    "tasks.collect.openreview",
-    "tasks.collect.postgres",
-    "tasks.collect.common",
-    "tasks.collect.records",
-)
 
 
 def state_key(recipe_name: str, source: SourceConfig) -> str:
@@ -171,16 +160,10 @@ def previous_snapshot(source: SourceConfig, recipe_name: str, store: ArtifactSto
 
 
 def collect_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Content-keyed for local sources (a fingerprint is given), weekly for network sources.
-
-    The collectors' own modules are part of the key, not only this file's.
-    """
-    base = (
-        stage_cache_key(context, parameters)
-        if parameters.get("fingerprint")
-        else weekly_cache_key(context, parameters)
-    )
-    return sha256_json({"base": base, "collectors": source_hash_of(context.task.fn, _COLLECTOR_MODULES)})
+    """Content-keyed for local sources (a fingerprint is given), weekly for network sources."""
+    if parameters.get("fingerprint"):
+        return stage_cache_key(context, parameters)
+    return weekly_cache_key(context, parameters)
 
 
 # What a retry, or next week's run, cannot fix: a wrong source entry (missing path, missing option,

@@ -3,11 +3,14 @@
 Prefect's default INPUTS policy may fall back to cloudpickle for pydantic values, which is not stable
 across processes; this key is canonical JSON, so the same inputs give the same key on any machine.
 The source hashed is the whole stage package that defines the task (its records, plain functions and
-wrappers), so an edit to a stage's logic invalidates that stage and nothing upstream of it.
+wrappers) and every ``tasks`` module it imports, so an edit to a stage's logic, or to code it uses
+from elsewhere, invalidates that stage and nothing upstream of it.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import inspect
 from collections.abc import Callable
 from datetime import date
@@ -43,19 +46,58 @@ def _source_hash(path: str) -> str:
     return sha256_file(Path(path))
 
 
-def source_hash_of(fn: Callable[..., Any], extra_modules: tuple[str, ...] = ()) -> str:
-    """Hash of every module of the package that defines ``fn`` (a stage's records, plain functions
-    and task wrappers live together in ``tasks/<stage>/``): editing any of them invalidates the stage."""
+@lru_cache(maxsize=512)
+def _imported_task_files(path: str) -> frozenset[str]:
+    """Files of the ``tasks`` modules that the module at ``path`` imports, anywhere in it (function-level
+    imports too: stages import their helpers lazily)."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    files = set()
+    for name in names:
+        if name.split(".")[0] != "tasks":
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None  # a name imported from a module, not a module
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            files.add(str(Path(spec.origin).resolve()))
+    return frozenset(files)
+
+
+def source_files_of(fn: Callable[..., Any]) -> list[str]:
+    """The files whose source decides what ``fn``'s stage computes: every module of the package that
+    defines it (a stage's records, plain functions and task wrappers live together in
+    ``tasks/<stage>/``) and every ``tasks`` module those import, transitively (the recipe models,
+    the teacher, the llama.cpp grammar code validate decodes JSON with...)."""
     source = inspect.getsourcefile(inspect.unwrap(fn))
     if not source:
-        return ""
-    package = Path(source).parent
-    files = sorted(str(p) for p in package.glob("*.py"))
-    for module in extra_modules:
-        extra = inspect.getsourcefile(__import__(module, fromlist=["_"]))
-        if extra and extra not in files:
-            files.append(extra)
-    return sha256_json([(Path(f).name, _source_hash(f)) for f in files])
+        return []
+    pending = [str(p.resolve()) for p in Path(source).parent.glob("*.py")]
+    seen: set[str] = set()
+    while pending:
+        path = pending.pop()
+        if path not in seen:
+            seen.add(path)
+            pending.extend(_imported_task_files(path) - seen)
+    return sorted(seen)
+
+
+def source_hash_of(fn: Callable[..., Any]) -> str:
+    """Hash of :func:`source_files_of`: editing any of them invalidates the stage, and nothing else does."""
+    root = Path(__file__).resolve().parents[2]  # the folder that holds the ``tasks`` package
+    return sha256_json([(_relative(Path(f), root), _source_hash(f)) for f in source_files_of(fn)])
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` from ``root`` (the key must not depend on where the code is installed), else its name."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
 def local_teacher_hashes(parameters: dict[str, Any]) -> dict[str, str]:
