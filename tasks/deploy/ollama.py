@@ -40,6 +40,7 @@ from pydantic import Field
 
 from tasks.core.hashing import sha256_file
 from tasks.core.refs import Frozen
+from tasks.teacher.llama_cpp import grammar_safe
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,9 @@ def deploy_to_ollama(
         modelfile_text: The Modelfile (see :func:`parse_modelfile`); its FROM is replaced by the GGUF.
         smoke_prompts: Golden prompts; each must finish by itself (``done_reason == "stop"``) with a
             non-empty reply, and the reply must be JSON valid against ``json_schema`` when given.
-        json_schema: Asked for as the structured output format, and checked on every reply.
+        json_schema: Asked for as the structured output format (as llama.cpp can enforce it whole:
+            :func:`tasks.teacher.llama_cpp.grammar_safe`, how validation decoded too), and checked
+            on every reply.
         timeout_s: Limit for each request to the host.
         expected_sha256: The GGUF's sha256 as recorded by the package stage (``GGUFRef.sha256``).
         smoke_options: Request options for the smoke chats; default temperature 0 and seed 0, so a
@@ -536,7 +539,8 @@ def _smoke_one(client: Any, model: str, prompt: str, json_schema: dict | None, o
     content, done_reason, error = "", None, None
     try:
         response = client.chat(
-            model=model, messages=[{"role": "user", "content": prompt}], format=json_schema, options=options, stream=False
+            model=model, messages=[{"role": "user", "content": prompt}],
+            format=grammar_safe(json_schema) if json_schema is not None else None, options=options, stream=False
         )
         content = response.message.content or ""
         done_reason = response.done_reason

@@ -31,8 +31,13 @@ def read_manifest(store: ArtifactStore, run_id: str) -> dict[str, Any] | None:
 
 
 def publish_run(store: ArtifactStore, run_id: str, recipe: dict[str, Any], artifacts: dict[str, ArtifactRef],
-                lineage: dict[str, Any], metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
-    """Copy every artifact under ``runs/<run_id>/`` (verified) and write the manifest. Returns it."""
+                lineage: dict[str, Any], metrics: dict[str, Any], gate: dict[str, Any],
+                output_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy every artifact under ``runs/<run_id>/`` (verified) and write the manifest. Returns it.
+
+    ``output_schema`` (JSON recipes): the schema a client passes as the structured output format, the
+    one validation decoded with.
+    """
     files = {}
     for name, ref in sorted(artifacts.items()):
         key = f"runs/{run_id}/{name}/{ref.name}"
@@ -41,6 +46,8 @@ def publish_run(store: ArtifactStore, run_id: str, recipe: dict[str, Any], artif
                        "kind": ref.kind, "source": ref.model_dump(mode="json")}
     manifest = {"run_id": run_id, "recipe": recipe, "files": files, "lineage": lineage, "metrics": metrics,
                 "gate": gate, "published_at": datetime.now(UTC).isoformat()}
+    if output_schema is not None:
+        manifest["output_schema"] = output_schema
     store.write_key(f"runs/{run_id}/manifest.json",
                     json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return manifest

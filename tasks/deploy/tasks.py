@@ -22,6 +22,7 @@ from tasks.core.stage import retry_unless
 from tasks.core.store import PointerConflict, get_store
 from tasks.deploy.ollama import BlobDigestMismatch, SmokeTestFailed
 from tasks.deploy.publish import move_latest, publish_run, read_latest
+from tasks.teacher.llama_cpp import grammar_safe
 
 
 @task(cache_key_fn=cache_key_ignoring("run_id"), persist_result=True, result_serializer="json", retries=2,
@@ -34,7 +35,8 @@ def deploy_run(run_id: str, recipe: dict, artifacts: dict[str, ArtifactRef], lin
 
     logger = get_run_logger()
     store = get_store()
-    manifest = publish_run(store, run_id, recipe, artifacts, lineage, metrics, gate)
+    manifest = publish_run(store, run_id, recipe, artifacts, lineage, metrics, gate,
+                           output_schema=grammar_safe(json_schema) if json_schema is not None else None)
     counts: dict = {"run_id": run_id, "published_files": len(manifest["files"])}
     if not gate.get("passed"):
         counts["latest"] = "unchanged: the gate failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -10,15 +11,43 @@ from typing import Any
 from tasks.core.hashing import sha256_file_cached
 from tasks.teacher.base import Completion, CompletionRequest
 
-
 # llama.cpp turns a string's maxLength into nested grammar rules and its parser recurses once per
 # character: a maxLength of ~1200 overflows the stack and kills the process (seen with 0.3.36).
 # Longer limits are left to pydantic's validation of the output.
 GRAMMAR_MAX_REPEAT = 400
 
+# llama-cpp-python's schema converter ignores a number's minimum/maximum, so a small model could write
+# a rating of 15 on a 0-10 scale or a score of 5 on a 0-1 scale: well-formed JSON that fails the
+# schema. A bounded number is decoded as one of its values instead: an integer as itself, any other
+# number on a grid of 1/100 (what the labels are rounded to). An enum is understood by every
+# converter (Ollama's included), so the same schema constrains the served model.
+NUMBER_DECIMALS = 2
+MAX_ENUM_VALUES = 1001
+
+
+def _bounded_values(schema: dict[str, Any]) -> list[int | float] | None:
+    """The values a bounded integer or number may take, or None (unbounded, or too many to list)."""
+    kind, low, high = schema.get("type"), schema.get("minimum"), schema.get("maximum")
+    if kind not in ("integer", "number") or low is None or high is None or "enum" in schema:
+        return None
+    step = 1 if kind == "integer" else 10 ** -NUMBER_DECIMALS
+    first, last = math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9)
+    if last < first or last - first + 1 > MAX_ENUM_VALUES:
+        return None
+    if kind == "integer":
+        return list(range(first, last + 1))
+    grid = [round(i * step, NUMBER_DECIMALS) for i in range(first, last + 1)]
+    whole = [int(v) for v in grid if v == int(v)]  # "1" as well as "1.0"
+    return whole + grid
+
 
 def grammar_safe(schema: Any) -> Any:
-    """A copy of a JSON schema without repetition limits that llama.cpp's grammar cannot handle."""
+    """A copy of a JSON schema that llama.cpp's grammar can enforce whole.
+
+    Repetition limits over :data:`GRAMMAR_MAX_REPEAT` are dropped (left to validation), and a number
+    with both bounds becomes an ``enum`` of its values (see :data:`NUMBER_DECIMALS`). The bounds stay:
+    whatever the copy accepts, the original accepts too.
+    """
     if isinstance(schema, dict):
         out = {}
         for key, value in schema.items():
@@ -26,6 +55,9 @@ def grammar_safe(schema: Any) -> Any:
                     and value > GRAMMAR_MAX_REPEAT:
                 continue
             out[key] = grammar_safe(value)
+        values = _bounded_values(out)
+        if values is not None:
+            out["enum"] = values
         return out
     if isinstance(schema, list):
         return [grammar_safe(item) for item in schema]

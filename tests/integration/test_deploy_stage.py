@@ -67,6 +67,14 @@ def test_publish_gate_and_rollback_drill(prefect_harness, tmp_path, monkeypatch)
         assert blocked.status == "skipped" and "rouge_l low" in blocked.reason
         assert store.read_key("runs/stats-qa-r3/manifest.json") is not None
         assert json.loads(store.read_key("latest/stats-qa.json"))["run_id"] == "stats-qa-r2"
+        assert "output_schema" not in manifest  # a text recipe
+
+        # A JSON recipe's manifest carries the schema clients pass as `format`, bounded numbers listed.
+        scorer = load_recipe("profile-scorer")
+        deploy_flow(scorer, "profile-scorer-r1", {"modelfile": modelfile}, {}, {}, {**passed, "passed": False},
+                    models["r1"], modelfile)
+        schema = json.loads(store.read_key("runs/profile-scorer-r1/manifest.json"))["output_schema"]
+        assert schema["required"] == ["handle", "score", "reason"] and 0.37 in schema["properties"]["score"]["enum"]
 
         # Rollback drill: both the store and Ollama serve r1 again.
         assert rollback_main(["--recipe", "stats-qa"]) == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.core.models import ModelNotFound, resolve_gguf
 from tasks.core.recipe import TeacherConfig
@@ -63,5 +63,27 @@ def test_concurrent_calls_share_one_model_safely(gguf):
         parallel = teacher.map(lambda r: teacher.complete(r).text, requests, concurrency=2, progress=lambda d, t: None)
         assert parallel == sequential and all(parallel)
         assert teacher.stats.completions == 2
+    finally:
+        chat.close()
+
+
+class Rated(BaseModel):
+    score: float = Field(description="Score from 0 to 1.", ge=0, le=1)
+    rating: int = Field(description="Rating from 0 to 10.", ge=0, le=10)
+
+
+def test_a_bounded_number_stays_in_range_when_the_prompt_pulls_it_out(gguf):
+    """A prompt asking for a score out of 100 cannot push the grammar-constrained model off the schema's
+    scale: llama.cpp's converter ignores minimum/maximum, grammar_safe lists the values."""
+    chat = LlamaCppChat(gguf, n_ctx=512)
+    try:
+        for scale in ("100", "1000"):
+            request = CompletionRequest(
+                messages=messages(("system", "Reply in JSON."),
+                                  ("user", f"Give this essay a score out of {scale} and a rating out of {scale}.")),
+                max_tokens=24, temperature=0.0, json_schema=Rated.model_json_schema())
+            text = chat.complete(request).text
+            value = Rated.model_validate_json(text)
+            assert 0 <= value.score <= 1 and 0 <= value.rating <= 10, text
     finally:
         chat.close()
