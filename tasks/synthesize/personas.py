@@ -192,6 +192,24 @@ def example_from_persona(name: str, passage: dict[str, Any], output: BaseModel, 
     )
 
 
+# A field the reader gets must be a sentence's worth of words: a small local teacher can fill the
+# schema with a bare number (`**Core idea:** 1348543468729`) or a word, and a student trained on that
+# learns junk in the persona's format.
+MIN_PROSE_WORDS = 3
+_WORD = re.compile(r"[^\W\d_]{2,}")  # two or more letters
+
+
+def prose_problem(fields: dict[str, Any]) -> str | None:
+    """Why a persona output cannot be shown to a reader (a field that is empty or not prose), or None."""
+    for field, value in fields.items():
+        text = " ".join(str(value).split())
+        if not text:
+            return f"empty field {field!r}"
+        if len(_WORD.findall(text)) < MIN_PROSE_WORDS:
+            return f"field {field!r} is not prose: {text[:40]!r}"
+    return None
+
+
 def synthesize_personas(sections: list[dict[str, Any]], config: SynthesizeConfig, teacher_config: TeacherConfig,
                         teacher: Any, progress: Callable[[int, int], None] | None = None,
                         ) -> tuple[list[SyntheticExample], list[dict[str, str]]]:
@@ -208,8 +226,9 @@ def synthesize_personas(sections: list[dict[str, Any]], config: SynthesizeConfig
         item = f"explain:{passage['id']} ({name})"
         if output is None:
             return {"item": item, "reason": reason or "invalid output"}
-        if any(not str(value).strip() for value in output.model_dump().values()):
-            return {"item": item, "reason": "an empty field"}
+        problem = prose_problem(output.model_dump())
+        if problem:
+            return {"item": item, "reason": problem}
         return example_from_persona(name, passage, output, teacher.name)
 
     examples: list[SyntheticExample] = []

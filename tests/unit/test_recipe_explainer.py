@@ -84,8 +84,11 @@ def test_persona_prompts_name_the_audience_and_carry_the_passage():
 class _Teacher:
     name = "fake:t"
 
+    def __init__(self, junk: dict[str, str] | None = None):
+        self.junk = junk or {}  # field -> what the teacher writes there instead of prose
+
     def structured(self, messages, output, **_):
-        fields = {name: f"{name} text" for name in output.model_fields}
+        fields = {name: self.junk.get(name, f"The {name} in plain words.") for name in output.model_fields}
         return output(**fields), None
 
     def map(self, fn, items, concurrency=None, progress=None):
@@ -104,6 +107,21 @@ def test_synthesize_personas_labels_every_example_with_its_variant():
         variant = example.metadata["variant"]
         assert example.messages[0].content == PERSONAS[variant].system_prompt
         assert format_followed(variant, example.completion)
+
+
+@pytest.mark.parametrize(("junk", "reason"), [
+    ("1348543468729", "field 'core_idea' is not prose: '1348543468729'"),  # seen from SmolLM2-135M
+    ("Attention.", "field 'core_idea' is not prose: 'Attention.'"),
+    ("   ", "empty field 'core_idea'"),
+])
+def test_persona_outputs_whose_fields_are_not_prose_are_rejected_with_the_reason(junk, reason):
+    from tasks.core.recipe import SynthesizeConfig, TeacherConfig
+
+    sections = [section("p1#1", "Alpha sentence here. " * 20)]
+    config = SynthesizeConfig(generator="personas", personas=["intuitive", "eli5"], max_items=1, source_chars=500)
+    examples, rejected = synthesize_personas(sections, config, TeacherConfig(), _Teacher({"core_idea": junk}))
+    assert [e.metadata["variant"] for e in examples] == ["eli5"]
+    assert rejected == [{"item": "explain:arxiv:p1#1.0 (intuitive)", "reason": reason}]
 
 
 def test_persona_metric_uses_each_examples_variant():
