@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,27 @@ def grammar_safe(schema: Any) -> Any:
     return schema
 
 
+# llama-cpp-python's converter lets a JSON string hold raw control characters (its `char` rule is
+# [^"\\]), which JSON forbids: a model that writes a newline inside a string produces an "invalid
+# JSON: control character" reply. llama.cpp's own converter (Ollama's) excludes them; so does ours.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+@lru_cache(maxsize=64)
+def _json_grammar(schema_json: str) -> Any:
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    gbnf = json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def json_grammar(schema: dict[str, Any]) -> Any:
+    """The llama.cpp grammar of JSON that follows ``schema`` (made :func:`grammar_safe`), strings as JSON
+    allows them: what the local teacher and validation decode with."""
+    return _json_grammar(json.dumps(grammar_safe(schema), sort_keys=True))
+
+
 class LlamaCppChat:
     """A GGUF model loaded with llama-cpp-python. Calls are serialized: one context, one thread."""
 
@@ -103,7 +126,7 @@ class LlamaCppChat:
                 "seed": request.seed,
             }
             if request.json_schema is not None:
-                kwargs["response_format"] = {"type": "json_object", "schema": grammar_safe(request.json_schema)}
+                kwargs["grammar"] = json_grammar(request.json_schema)
             if request.stop:
                 kwargs["stop"] = list(request.stop)
             start = time.perf_counter()

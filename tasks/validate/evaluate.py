@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.teacher.llama_cpp import grammar_safe
+from tasks.teacher.llama_cpp import json_grammar
 from tasks.validate.metrics import json_valid, mean, percentile, rouge_l
 from tasks.validate.scoring import task_metrics
 
@@ -50,9 +50,10 @@ def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, o
         for example in examples:
             messages = [dict(m) for m in example["messages"][:-1]]
             kwargs: dict[str, Any] = {"messages": messages, "temperature": 0.0, "max_tokens": max_tokens, "seed": 0}
-            if output_format == "json":
-                schema = {"schema": grammar_safe(json_schema)} if json_schema else {}
-                kwargs["response_format"] = {"type": "json_object", **schema}
+            if output_format == "json" and json_schema:
+                kwargs["grammar"] = json_grammar(json_schema)
+            elif output_format == "json":
+                kwargs["response_format"] = {"type": "json_object"}
             start = time.perf_counter()
             out = llm.create_chat_completion(**kwargs)
             latency = time.perf_counter() - start

@@ -87,3 +87,32 @@ def test_a_bounded_number_stays_in_range_when_the_prompt_pulls_it_out(gguf):
             assert 0 <= value.score <= 1 and 0 <= value.rating <= 10, text
     finally:
         chat.close()
+
+
+class Poem(BaseModel):
+    poem: str = Field(max_length=40)
+
+
+def test_json_strings_never_hold_raw_control_characters(gguf):
+    """With newlines pushed hard, llama-cpp-python's own schema grammar lets a raw newline into a JSON
+    string (invalid JSON); the grammar the teacher and validation decode with does not."""
+    import json
+
+    from llama_cpp import Llama
+
+    from tasks.teacher.llama_cpp import json_grammar
+
+    llm = Llama(model_path=str(gguf), n_ctx=512, verbose=False, seed=0)
+    try:
+        newline = llm.tokenize(b"\n", add_bos=False, special=False)[0]
+        ask = {"messages": [{"role": "user", "content": "Write a two-line poem as JSON."}], "max_tokens": 40,
+               "temperature": 0.0, "logit_bias": {newline: 30.0}}
+        schema = Poem.model_json_schema()
+        loose = llm.create_chat_completion(response_format={"type": "json_object", "schema": schema}, **ask)
+        strict = llm.create_chat_completion(grammar=json_grammar(schema), **ask)
+    finally:
+        llm.close()
+    loose_text = loose["choices"][0]["message"]["content"]
+    with pytest.raises(ValueError, match="control character"):  # the failure the teacher used to reject
+        json.loads(loose_text)
+    assert Poem.model_validate_json(strict["choices"][0]["message"]["content"]).poem
