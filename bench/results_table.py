@@ -31,7 +31,13 @@ def _rows(summary: dict, command: str) -> list[dict]:
     rows = []
     for branch in (summary.get("variants") or {"": summary}).values():
         primary = (recipe.validate_.gate.beat_base or ["rouge_l"])[0]
-        validate = branch["counts"]["validate"]
+        validate = branch["counts"].get("validate")
+        if not validate:  # a failed branch: say where it stopped instead of scores
+            failed = next((f"{name} failed: {stage.get('reason', '')}" for name, stage in branch["stages"].items()
+                           if stage.get("status") == "failed"), "not validated")
+            rows.append({"recipe": branch["recipe"], "primary": primary, "base": None, "trained": None, "others": {},
+                         "examples": 0, "gate": failed, "run_id": branch["run_id"], "command": command})
+            continue
         trained, base = validate["candidate"], validate["base"]
         metrics = branch["gate"]["metrics"]
         rows.append({
