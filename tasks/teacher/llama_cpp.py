@@ -84,7 +84,7 @@ def _json_grammar(schema_json: str) -> Any:
 def json_grammar(schema: dict[str, Any]) -> Any:
     """The llama.cpp grammar of JSON that follows ``schema`` (made :func:`grammar_safe`), strings as JSON
     allows them: what the local teacher and validation decode with."""
-    return _json_grammar(json.dumps(grammar_safe(schema), sort_keys=True))
+    return _json_grammar(json.dumps(grammar_safe(schema)))  # key order kept: it is the order of the fields
 
 
 class LlamaCppChat:

@@ -51,3 +51,15 @@ def test_the_bounded_schema_compiles_to_a_grammar_that_lists_the_values():
     rules = dict(line.split(" ::= ", 1) for line in grammar._grammar.splitlines() if " ::= " in line)
     assert rules["rating"] == " | ".join(f'"{n}"' for n in range(11))
     assert '"0.37"' in rules["score"] and '"1.0"' in rules["score"] and '"1.01"' not in rules["score"]
+
+
+def test_the_json_grammar_keeps_the_schema_field_order_and_keeps_control_characters_out_of_strings():
+    from tasks.synthesize.review import ReviewOutput
+    from tasks.teacher.llama_cpp import json_grammar
+
+    rules = json_grammar(ReviewOutput.model_json_schema())._grammar
+    root = next(line for line in rules.splitlines() if line.startswith("root ::="))
+    fields = ["summary", "strengths", "weaknesses", "questions", "rating"]  # as the student was trained
+    assert [root.index(f"{name}-kv") for name in fields] == sorted(root.index(f"{name}-kv") for name in fields)
+    char = next(line for line in rules.splitlines() if line.startswith("char ::="))
+    assert r"\x00-\x1F" in char
