@@ -87,6 +87,11 @@ def json_grammar(schema: dict[str, Any]) -> Any:
     return _json_grammar(json.dumps(grammar_safe(schema)))  # key order kept: it is the order of the fields
 
 
+# Part of the local teacher's request-cache scope: bump it when how outputs are decoded changes (the
+# JSON grammar), so a cached answer is never one the current grammar could not have produced.
+DECODING = "json-grammar-2"
+
+
 class LlamaCppChat:
     """A GGUF model loaded with llama-cpp-python. Calls are serialized: one context, one thread."""
 
@@ -104,8 +109,9 @@ class LlamaCppChat:
     def cache_scope(self) -> str:
         """The GGUF's content, not its name: a file re-downloaded or re-quantized under the same name is
         another model, and its answers must not come from the old file's cache entries (the hash is the
-        one the stage cache keys computed, once per process and file version)."""
-        return f"llama_cpp:{sha256_file_cached(self.model_path)[:16]}"
+        one the stage cache keys computed, once per process and file version), and how JSON is decoded:
+        answers constrained by an older grammar are not reused (:data:`DECODING`)."""
+        return f"llama_cpp:{sha256_file_cached(self.model_path)[:16]}:{DECODING}"
 
     def _load(self) -> Any:
         if self._llm is None:

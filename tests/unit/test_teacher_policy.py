@@ -258,6 +258,16 @@ def test_a_local_model_is_cached_under_its_content_not_its_name(tmp_path):
     assert v1.cache_scope == copy.cache_scope and v1.cache_scope.startswith("llama_cpp:")
 
 
+def test_a_local_models_cached_answers_are_scoped_to_how_json_is_decoded(tmp_path, monkeypatch):
+    from tasks.teacher import llama_cpp
+
+    (tmp_path / "teacher.gguf").write_bytes(b"GGUF weights v1")
+    chat = llama_cpp.LlamaCppChat(tmp_path / "teacher.gguf")
+    before = chat.cache_scope
+    monkeypatch.setattr(llama_cpp, "DECODING", "json-grammar-next")
+    assert chat.cache_scope != before and chat.cache_scope.endswith(":json-grammar-next")
+
+
 # -- request bodies --------------------------------------------------------------------------------
 
 
