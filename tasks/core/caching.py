@@ -77,16 +77,21 @@ def source_files_of(fn: Callable[..., Any]) -> list[str]:
     ``tasks/<stage>/``) and every ``tasks`` module those import, transitively (the recipe models,
     the teacher, the llama.cpp grammar code validate decodes JSON with...)."""
     source = inspect.getsourcefile(inspect.unwrap(fn))
-    if not source:
-        return []
-    pending = [str(p.resolve()) for p in Path(source).parent.glob("*.py")]
+    return list(_package_closure(str(Path(source).parent))) if source else []
+
+
+@lru_cache(maxsize=64)
+def _package_closure(package: str) -> tuple[str, ...]:
+    """The package's modules and every ``tasks`` module they import, transitively; once per process,
+    like the file hashes (a cache key is computed for every task run)."""
+    pending = [str(p.resolve()) for p in Path(package).glob("*.py")]
     seen: set[str] = set()
     while pending:
         path = pending.pop()
         if path not in seen:
             seen.add(path)
             pending.extend(_imported_task_files(path) - seen)
-    return sorted(seen)
+    return tuple(sorted(seen))
 
 
 def source_hash_of(fn: Callable[..., Any]) -> str:

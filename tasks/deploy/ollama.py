@@ -540,7 +540,7 @@ def _smoke_one(client: Any, model: str, prompt: str, json_schema: dict | None, o
     try:
         response = client.chat(
             model=model, messages=[{"role": "user", "content": prompt}],
-            format=grammar_safe(json_schema) if json_schema is not None else None, options=options, stream=False
+            format=grammar_safe(json_schema), options=options, stream=False
         )
         content = response.message.content or ""
         done_reason = response.done_reason

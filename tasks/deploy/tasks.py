@@ -36,7 +36,7 @@ def deploy_run(run_id: str, recipe: dict, artifacts: dict[str, ArtifactRef], lin
     logger = get_run_logger()
     store = get_store()
     manifest = publish_run(store, run_id, recipe, artifacts, lineage, metrics, gate,
-                           output_schema=grammar_safe(json_schema) if json_schema is not None else None)
+                           output_schema=grammar_safe(json_schema))
     counts: dict = {"run_id": run_id, "published_files": len(manifest["files"])}
     if not gate.get("passed"):
         counts["latest"] = "unchanged: the gate failed"

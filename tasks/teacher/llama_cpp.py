@@ -48,7 +48,7 @@ def grammar_safe(schema: Any) -> Any:
 
     Repetition limits over :data:`GRAMMAR_MAX_REPEAT` are dropped (left to validation), and a number
     with both bounds becomes an ``enum`` of its values (see :data:`NUMBER_DECIMALS`). The bounds stay:
-    whatever the copy accepts, the original accepts too.
+    whatever the copy accepts, the original accepts too. ``None`` (no schema) stays ``None``.
     """
     if isinstance(schema, dict):
         out = {}
