@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from flows.full import distill, exit_code, register_result_storage
+from flows.full import distill, exit_code, exit_on_sigterm, register_result_storage
 
 FLOW_NAME = "distillery"
 _RUN_ID = re.compile(r"^(?P<recipe>.+)-(?P<stamp>\d{8}T\d{6}Z)-(?P<prefix>[0-9a-f]{8})(?:-[\w-]+)?$", re.IGNORECASE)
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "1 a stage failed.")
     parser.add_argument("run", metavar="FLOW_RUN_ID|RUN_ID", help="the distillery flow run to resume")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     try:
         flow_run_id, name, parameters = asyncio.run(_failed_run(args.run))
     except BackfillError as exc:

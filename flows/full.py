@@ -176,7 +176,24 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"recipes:\n{recipes}\n\nrecipe fields (override with --set field=value):\n{recipe_help()}")
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, a container stop) into a normal exit with code 143.
+
+    Without it the process dies on the spot: the flow run stays Running in Prefect's database, the
+    temporary Prefect server this process started is orphaned (it stops at interpreter exit), and a
+    training subprocess runs on. As an exception the run is marked Crashed, child processes are
+    stopped and the server shuts down; completed stages stay cached for a rerun or a backfill.
+    """
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     parser = _parser()
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"built-in recipe name or YAML path ({DEFAULT_RECIPE})")
     parser.add_argument("--profile", default=None, help="a named override set of the recipe (smoke, full)")

@@ -237,6 +237,10 @@ class SynthesizeConfig(Section):
                                 description="Personas the personas generator writes for (eli5, intuitive, executive).")
     retrieved_examples: int = Field(default=2, ge=0, description="Similar human examples put in the prompt (BM25).")
     source_chars: int = Field(default=1500, ge=200, description="Characters of source text given to the teacher.")
+    max_rating_gap: float | None = Field(
+        default=None, ge=0,
+        description="review: reject a teacher review whose rating is further than this from the paper's mean "
+                    "human rating (the training papers' labels are known; None keeps every rating).")
 
 
 class CurateConfig(Section):
@@ -320,6 +324,10 @@ class PackageConfig(Section):
     temperature: float = Field(default=0.2, ge=0, description="Modelfile PARAMETER temperature.")
     num_ctx: int = Field(default=2048, ge=128, description="Modelfile PARAMETER num_ctx.")
     num_predict: int = Field(default=512, ge=1, description="Modelfile PARAMETER num_predict: the longest answer served.")
+    repeat_penalty: float = Field(
+        default=1.0, gt=0,
+        description="Modelfile PARAMETER repeat_penalty, and the penalty validation decodes with, so the gate "
+                    "measures what is served (left out, Ollama would apply its own default, 1.1).")
 
     @model_validator(mode="after")
     def _serve_is_built(self) -> PackageConfig:

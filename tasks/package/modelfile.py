@@ -22,9 +22,6 @@ LLAMA3 = ("{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .Sy
 FAMILIES = {"chatml": (CHATML, ["<|im_end|>", "<|im_start|>"]), "llama3": (LLAMA3, ["<|eot_id|>", "<|start_header_id|>"])}
 
 
-INT_PARAMETERS = {"num_ctx", "num_predict", "seed", "top_k", "repeat_last_n"}
-
-
 class TemplateMismatch(ValueError):
     """Two templates render the same conversation differently."""
 
@@ -46,6 +43,7 @@ class ModelfileSpec:
     temperature: float
     num_ctx: int
     num_predict: int = 512
+    repeat_penalty: float = 1.0
 
     def render(self) -> str:
         lines = [f"FROM ./{self.gguf_name}", f'TEMPLATE """{self.template}"""']
@@ -53,34 +51,14 @@ class ModelfileSpec:
             lines.append(f'SYSTEM """{self.system}"""')
         lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in self.stops]
         lines += [f"PARAMETER temperature {self.temperature}", f"PARAMETER num_ctx {self.num_ctx}",
-                  f"PARAMETER num_predict {self.num_predict}"]
+                  f"PARAMETER num_predict {self.num_predict}", f"PARAMETER repeat_penalty {self.repeat_penalty}"]
         return "\n".join(lines) + "\n"
 
 
 def modelfile_for(chat_template: str, gguf_name: str, system: str, temperature: float, num_ctx: int,
-                  num_predict: int = 512) -> ModelfileSpec:
+                  num_predict: int = 512, repeat_penalty: float = 1.0) -> ModelfileSpec:
     template, stops = FAMILIES[template_family(chat_template)]
-    return ModelfileSpec(gguf_name, template, list(stops), system, temperature, num_ctx, num_predict)
-
-
-def parse_modelfile(text: str) -> dict:
-    """FROM / TEMPLATE / SYSTEM / PARAMETER of a Modelfile (triple-quoted values allowed)."""
-    out: dict = {"parameters": {}}
-    pattern = re.compile(r'^(FROM|TEMPLATE|SYSTEM|PARAMETER)[ \t]+(?:"""(.*?)"""|([^\n]*))$', re.S | re.M)
-    for match in pattern.finditer(text):
-        command, value = match.group(1), match.group(2) if match.group(2) is not None else match.group(3).strip()
-        if command == "PARAMETER":
-            name, _, raw = value.partition(" ")
-            raw = raw.strip()
-            parsed = json.loads(raw) if raw.startswith('"') else (float(raw) if re.fullmatch(r"-?[\d.]+", raw) else raw)
-            if name == "stop":
-                out["parameters"].setdefault("stop", []).append(parsed)
-            else:
-                integral = isinstance(parsed, float) and parsed.is_integer() and name in INT_PARAMETERS
-                out["parameters"][name] = int(parsed) if integral else parsed
-        else:
-            out[command.lower()] = value
-    return out
+    return ModelfileSpec(gguf_name, template, list(stops), system, temperature, num_ctx, num_predict, repeat_penalty)
 
 
 def render_modelfile_template(template: str, system: str, messages: list[dict[str, str]]) -> str:

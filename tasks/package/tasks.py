@@ -7,7 +7,6 @@ Packaging fails when the training template, the GGUF's template and the Modelfil
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +20,12 @@ from tasks.core.settings import get_settings
 from tasks.core.store import get_store
 from tasks.package.build import gguf_metadata, merge_adapters, quantize_gguf
 from tasks.package.converter import convert_to_gguf
-from tasks.package.modelfile import GOLDEN_CONVERSATIONS, check_templates, modelfile_for, render_modelfile_template
+from tasks.package.modelfile import (
+    GOLDEN_CONVERSATIONS,
+    check_templates,
+    modelfile_for,
+    render_modelfile_template,
+)
 
 SPECIAL_MARKERS = ("<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|eot_id|>", "<|endoftext|>", "</s>")
 
@@ -112,7 +116,7 @@ def package_model(base_model: ArtifactRef, adapters: list[ArtifactRef], config: 
         chat_template = AutoTokenizer.from_pretrained(merged).chat_template
         serve_name = f"model-{config.serve}.gguf"
         spec = modelfile_for(chat_template, serve_name, system_prompt, config.temperature, config.num_ctx,
-                             config.num_predict)
+                             config.num_predict, config.repeat_penalty)
         verify_templates(merged, files[config.serve], spec.template)
         smoke = smoke_generate(files[config.serve], system_prompt, spec.stops)
         modelfile = work / "Modelfile"

@@ -18,15 +18,23 @@ JUDGE_SYSTEM = ("You grade an answer to a question from 1 (useless or wrong) to 
                 "complete). Be strict and consistent.")
 
 
+# A grade's worst case under its grammar: a reason of 160 characters at one token each (a small model
+# can fill it with digits) plus the JSON around it. With 96 and then 160 tokens, 3 and then 5 of 10
+# grades of the 135M teacher were cut off, each costing the prompt its pair.
+JUDGE_TOKENS = 200
+
+
 # Length limits are part of the JSON schema, so a grammar-constrained local model cannot ramble past
-# its token budget and be cut off mid-JSON.
+# its token budget and be cut off mid-JSON. They stay within what llama.cpp's grammar can enforce
+# (GRAMMAR_MAX_REPEAT): an improvement limited to 1200 characters was unbounded in the grammar, and 4
+# of 10 were cut off at max_tokens.
 class Critique(BaseModel):
     problems: list[str] = Field(description="Concrete problems with the answer.", max_length=3)
     suggestion: str = Field(description="The single most useful change.", max_length=200)
 
 
 class Improved(BaseModel):
-    response: str = Field(description="The improved answer.", max_length=1200)
+    response: str = Field(description="The improved answer.", max_length=800)
 
 
 class Evaluation(BaseModel):
@@ -81,14 +89,17 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
         trace.update(decision="no_pair", reason=f"improvement invalid: {reason}")
         return None, trace
     improved = imp.response.strip()
-    scores = []
-    for answer in (original, improved):
-        ev, _ = teacher.structured(judge_messages(question, answer), Evaluation, temperature=0.0,
-                                   max_tokens=96, seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
+    scores, failures = [], {}
+    for side, answer in (("original", original), ("improved", improved)):
+        ev, reason = teacher.structured(judge_messages(question, answer), Evaluation, temperature=0.0,
+                                        max_tokens=JUDGE_TOKENS, seed=teacher_config.seed,
+                                        max_repairs=teacher_config.max_repairs)
         scores.append(None if ev is None else ev.score)
+        if ev is None:
+            failures[f"{side}_evaluation"] = reason or "invalid output"
     ok = [None if s is None else s >= config.pass_score for s in scores]
     decision, why = decide_pair(original, improved, ok[0], ok[1])
-    trace.update(decision=decision, reason=why, original_score=scores[0], improved_score=scores[1])
+    trace.update(decision=decision, reason=why, original_score=scores[0], improved_score=scores[1], **failures)
     if decision == "no_pair":
         return None, trace
     chosen, rejected = (improved, original) if decision == "chosen_improved" else (original, improved)

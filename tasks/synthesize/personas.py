@@ -30,13 +30,15 @@ class Eli5Output(BaseModel):
 
 
 class IntuitiveOutput(BaseModel):
-    core_idea: str = Field(description="The idea from first principles, in one or two sentences.", max_length=200)
+    what_the_idea_is: str = Field(description="The idea from first principles, in one or two sentences.",
+                                  max_length=200)
     mechanism: str = Field(description="How it works, step by step: the mechanism.", max_length=320)
     why_it_works: str = Field(description="Why the mechanism achieves the result.", max_length=240)
 
 
 # Field names are words a small model reads as prose: named "value" and "cost", SmolLM2-135M wrote
-# "1.1.1.1..." into them until max_tokens.
+# "1.1.1.1..." into them until max_tokens; named "core_idea", it wrote a bare number into 5 of 14
+# (what_the_idea_is: 3 of 14 rejected for any reason, against 6).
 class ExecutiveOutput(BaseModel):
     why_it_matters: str = Field(description="What it is useful for and who benefits.", max_length=240)
     what_it_takes: str = Field(description="What it costs or needs: data, compute, people, risk.", max_length=200)
@@ -68,7 +70,7 @@ PERSONAS: dict[str, Persona] = {
         teacher_instruction="Explain the passage from first principles for an engineer: the core idea, the "
                             "mechanism step by step, and why the mechanism achieves the result.",
         output=IntuitiveOutput,
-        headings=(("core_idea", "Core idea"), ("mechanism", "Mechanism"), ("why_it_works", "Why it works"))),
+        headings=(("what_the_idea_is", "Core idea"), ("mechanism", "Mechanism"), ("why_it_works", "Why it works"))),
     "executive": Persona(
         name="executive", audience="a busy executive",
         system_prompt="You brief executives on research: utility, cost and value. Use the headings **Value:**, "

@@ -150,10 +150,24 @@ def example_from_teacher_review(paper: dict[str, Any], output: ReviewOutput, pap
     )
 
 
+def rating_problem(rating: float, human_mean: float, max_gap: float | None) -> str | None:
+    """Why a teacher's rating cannot be a training label (too far from the humans' mean), or None.
+
+    The training papers' human ratings are known, so a teacher review that contradicts them (a small
+    teacher rates a paper the reviewers rejected an 8) would teach the student a wrong rating.
+    """
+    if max_gap is None or abs(float(rating) - human_mean) <= max_gap:
+        return None
+    return f"rating {rating:g} is more than {max_gap:g} from the human mean {human_mean:.1f}"
+
+
 def synthesize_reviews(reviews: list[dict[str, Any]], config: SynthesizeConfig, teacher_config: TeacherConfig,
                        teacher: Any, progress: Callable[[int, int], None] | None = None,
                        ) -> tuple[list[SyntheticExample], list[dict[str, str]]]:
-    """Human examples (one per paper) and up to ``max_items`` teacher reviews with BM25 few-shot."""
+    """Human examples (one per paper) and up to ``max_items`` teacher reviews with BM25 few-shot.
+
+    A teacher review is rejected when its rating is more than ``config.max_rating_gap`` from the
+    paper's mean human rating (:func:`rating_problem`)."""
     papers = group_papers(reviews)
     examples: list[SyntheticExample] = []
     rejected: list[dict[str, str]] = [
@@ -180,6 +194,9 @@ def synthesize_reviews(reviews: list[dict[str, Any]], config: SynthesizeConfig, 
             return {"item": f"review:teacher:{forum}", "reason": reason or "invalid output"}
         if not output.summary.strip() or not output.weaknesses.strip():
             return {"item": f"review:teacher:{forum}", "reason": "empty summary or weaknesses"}
+        problem = rating_problem(output.rating, mean, config.max_rating_gap)
+        if problem:
+            return {"item": f"review:teacher:{forum}", "reason": problem}
         return example_from_teacher_review(paper, output, mean, shots, config.system_prompt, config.source_chars,
                                            teacher.name)
 

@@ -14,9 +14,10 @@ from tasks.core.hashing import sha256_file_cached
 from tasks.teacher.base import Completion, CompletionRequest
 
 # llama.cpp turns a string's maxLength into nested grammar rules and its parser recurses once per
-# character: a maxLength of ~1200 overflows the stack and kills the process (seen with 0.3.36).
-# Longer limits are left to pydantic's validation of the output.
-GRAMMAR_MAX_REPEAT = 400
+# character: a maxLength of ~1200 overflows the stack and kills the process (seen with 0.3.36; 800
+# works, in a worker thread too: tests/integration/test_teacher_llama.py). Longer limits are left to
+# pydantic's validation of the output.
+GRAMMAR_MAX_REPEAT = 800
 
 # llama-cpp-python's schema converter ignores a number's minimum/maximum, so a small model could write
 # a rating of 15 on a 0-10 scale or a score of 5 on a 0-1 scale: well-formed JSON that fails the
@@ -89,7 +90,7 @@ def json_grammar(schema: dict[str, Any]) -> Any:
 
 # Part of the local teacher's request-cache scope: bump it when how outputs are decoded changes (the
 # JSON grammar), so a cached answer is never one the current grammar could not have produced.
-DECODING = "json-grammar-2"
+DECODING = "json-grammar-3"
 
 
 class LlamaCppChat:

@@ -35,12 +35,18 @@ def run_entrypoint(method: str, config: dict, model_dir: Path, data: Path, outpu
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=repo_root,
                           bufsize=1) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            # tqdm redraws with carriage returns; log only lines that say something new.
-            text = line.rstrip().rsplit("\r", 1)[-1]
-            if text and any(word in text for word in _LOGGED):
-                log(f"[{method}] {text[-400:]}")
-            tail = (tail + [text])[-30:]
+        try:
+            for line in process.stdout:
+                # tqdm redraws with carriage returns; log only lines that say something new.
+                text = line.rstrip().rsplit("\r", 1)[-1]
+                if text and any(word in text for word in _LOGGED):
+                    log(f"[{method}] {text[-400:]}")
+                tail = (tail + [text])[-30:]
+        except BaseException:
+            # The stage is stopping (SIGTERM, a cancelled run): so does the trainer, whose last complete
+            # checkpoint a rerun resumes from. Left alone, Popen's exit would wait for it to finish.
+            process.kill()
+            raise
         code = process.wait()
     if code != 0:
         raise TrainingFailed(f"{method} training exited with {code}:\n" + "\n".join(tail))

@@ -33,9 +33,12 @@ def reference_perplexity(llm: Any, prompt_text: str, reference: str) -> float | 
 
 
 def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, output_format: str = "text",
-                  json_schema: dict | None = None, perplexity: bool = True,
-                  scorer: str = "text") -> tuple[dict[str, float], list[dict]]:
-    """Generate for each held-out example (temperature 0) and compute the metrics.
+                  json_schema: dict | None = None, perplexity: bool = True, scorer: str = "text",
+                  repeat_penalty: float = 1.0) -> tuple[dict[str, float], list[dict]]:
+    """Generate for each held-out example and compute the metrics.
+
+    Decoding is greedy (temperature 0, reproducible scores) with the served model's repeat penalty
+    (the Modelfile's), so a model that only stops looping thanks to the penalty is measured as served.
 
     ``scorer`` adds the recipe's task metrics (:mod:`tasks.validate.scoring`): rating error and
     correlation, profile agreement, persona format.
@@ -49,7 +52,8 @@ def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, o
     try:
         for example in examples:
             messages = [dict(m) for m in example["messages"][:-1]]
-            kwargs: dict[str, Any] = {"messages": messages, "temperature": 0.0, "max_tokens": max_tokens, "seed": 0}
+            kwargs: dict[str, Any] = {"messages": messages, "temperature": 0.0, "max_tokens": max_tokens, "seed": 0,
+                                      "repeat_penalty": repeat_penalty}
             if output_format == "json" and json_schema:
                 kwargs["grammar"] = json_grammar(json_schema)
             elif output_format == "json":

@@ -30,8 +30,8 @@ from tasks.validate.report import plot_comparison, report_markdown
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
 def evaluate_model(heldout: ArtifactRef, config: ValidateConfig, output_format: str,
                    model: ArtifactRef | None = None, builtin: str | None = None,
-                   json_schema: dict | None = None) -> StageOutput:
-    """Score one served model (a GGUF through llama.cpp) on the held-out set."""
+                   json_schema: dict | None = None, repeat_penalty: float = 1.0) -> StageOutput:
+    """Score one served model (a GGUF through llama.cpp) on the held-out set, decoded as served."""
     from tasks.core.models import resolve_gguf
 
     store = get_store()
@@ -41,7 +41,7 @@ def evaluate_model(heldout: ArtifactRef, config: ValidateConfig, output_format: 
         raise ValueError("the held-out set is empty: nothing to validate on (collect more data or raise "
                          "curate.heldout_fraction)")
     metrics, predictions = evaluate_gguf(gguf, examples, config.max_tokens, output_format, json_schema,
-                                         scorer=config.scorer)
+                                         scorer=config.scorer, repeat_penalty=repeat_penalty)
     with tempfile.TemporaryDirectory() as tmp:
         write_jsonl(Path(tmp) / "predictions.jsonl", predictions)
         ref = store.put_file(Path(tmp) / "predictions.jsonl", kind="predictions", rows=len(predictions))
@@ -54,7 +54,8 @@ def evaluation_params(recipe: Recipe) -> dict[str, Any]:
     from tasks.synthesize.outputs import output_schema
 
     return {"config": recipe.validate_, "output_format": recipe.output_format,
-            "json_schema": output_schema(recipe.synthesize.generator, recipe.output_format)}
+            "json_schema": output_schema(recipe.synthesize.generator, recipe.output_format),
+            "repeat_penalty": recipe.package.repeat_penalty}
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retries=1,

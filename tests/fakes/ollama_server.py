@@ -11,9 +11,10 @@ deploy, with the behaviour that matters to one:
 - ``GET /api/tags``, ``POST /api/show``, ``POST /api/copy``, ``DELETE /api/delete`` (which prunes
   blobs no model uses any more, as Ollama does).
 - ``POST /api/chat``, streamed or not: the model's GGUF blob is REALLY loaded with ``llama_cpp.Llama``
-  and generates. ``format`` (``"json"`` or a JSON schema) becomes llama.cpp's grammar-constrained
-  ``response_format``; ``done_reason`` is ``"stop"`` or ``"length"``; options and Modelfile parameters
-  (``num_predict``, ``temperature``, ``seed``, ``stop``, ...) apply, request options winning.
+  and generates. ``format`` (``"json"`` or a JSON schema) becomes a llama.cpp grammar (a schema's
+  built as llama.cpp's own converter builds it: no raw control characters in strings); ``done_reason``
+  is ``"stop"`` or ``"length"``; options and Modelfile parameters (``num_predict``, ``temperature``,
+  ``repeat_penalty``, ``seed``, ``stop``, ...) apply, request options winning.
 
 Differences from the real service, on purpose: the prompt is built with the GGUF's own chat template
 (``tokenizer.chat_template``), not by executing the Modelfile's Go ``TEMPLATE``; the Modelfile
@@ -37,6 +38,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
+
+from tasks.teacher.llama_cpp import json_grammar
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 _OPTION_TO_LLAMA = {
@@ -321,8 +324,8 @@ class FakeOllamaServer:
         fmt = request.get("format")
         if fmt == "json":
             kwargs["response_format"] = {"type": "json_object"}
-        elif isinstance(fmt, dict):
-            kwargs["response_format"] = {"type": "json_object", "schema": fmt}
+        elif isinstance(fmt, dict):  # llama.cpp's converter, as Ollama's: no raw control characters in strings
+            kwargs["grammar"] = json_grammar(fmt)
         n_ctx = int(options.get("num_ctx", self.n_ctx))
         with self._generate_lock:
             llm = self._llama(m["gguf"], n_ctx)

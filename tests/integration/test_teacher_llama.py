@@ -116,3 +116,26 @@ def test_json_strings_never_hold_raw_control_characters(gguf):
     with pytest.raises(ValueError, match="control character"):  # the failure the teacher used to reject
         json.loads(loose_text)
     assert Poem.model_validate_json(strict["choices"][0]["message"]["content"]).poem
+
+
+def test_the_longest_enforced_string_limit_decodes_in_a_worker_thread(gguf):
+    """llama.cpp's grammar parser recurses once per character of a maxLength (~1200 killed the process):
+    the improvement's limit, GRAMMAR_MAX_REPEAT, must parse and decode where teacher calls run, in a
+    worker thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llama_cpp import Llama
+
+    from tasks.pairs.build import Improved
+    from tasks.teacher.llama_cpp import GRAMMAR_MAX_REPEAT, grammar_safe, json_grammar
+
+    schema = Improved.model_json_schema()
+    assert grammar_safe(schema)["properties"]["response"]["maxLength"] == GRAMMAR_MAX_REPEAT  # enforced, not dropped
+    llm = Llama(model_path=str(gguf), n_ctx=512, verbose=False, seed=0)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            out = pool.submit(llm.create_chat_completion, grammar=json_grammar(schema), max_tokens=12, temperature=0.0,
+                              messages=[{"role": "user", "content": "Improve: the mean is the middle value."}]).result()
+    finally:
+        llm.close()
+    assert out["choices"][0]["message"]["content"].startswith("{")

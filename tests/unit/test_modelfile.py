@@ -1,7 +1,15 @@
 import pytest
 
-from tasks.package.modelfile import (CHATML, GOLDEN_CONVERSATIONS, TemplateMismatch, check_templates, modelfile_for,
-                                     parse_modelfile, render_modelfile_template, template_family)
+from tasks.deploy.ollama import parse_modelfile
+from tasks.package.modelfile import (
+    CHATML,
+    GOLDEN_CONVERSATIONS,
+    TemplateMismatch,
+    check_templates,
+    modelfile_for,
+    render_modelfile_template,
+    template_family,
+)
 
 SMOL_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
                  "{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}"
@@ -29,13 +37,20 @@ def test_modelfile_template_renders_like_the_chat_template():
 
 
 def test_modelfile_round_trip():
-    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "Be brief.", 0.2, 2048)
+    """What package writes, deploy reads back (its parser builds Ollama's create request)."""
+    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "Be brief.", 0.2, 2048, repeat_penalty=1.1)
     parsed = parse_modelfile(spec.render())
-    assert parsed["from"] == "./model-q4_k_m.gguf"
-    assert parsed["template"] == CHATML
-    assert parsed["system"] == "Be brief."
-    assert parsed["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": 0.2, "num_ctx": 2048,
-                                    "num_predict": 512}
+    assert parsed.from_ == "./model-q4_k_m.gguf"
+    assert parsed.template == CHATML
+    assert parsed.system == "Be brief."
+    assert parsed.parameters == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": 0.2, "num_ctx": 2048,
+                                    "num_predict": 512, "repeat_penalty": 1.1}
+
+
+def test_the_modelfile_always_names_the_repeat_penalty_validation_used():
+    """Left out, Ollama applies its own default (1.1) and serves a model decoded unlike the validated one."""
+    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "", 0.2, 2048)
+    assert parse_modelfile(spec.render()).parameters["repeat_penalty"] == 1.0
 
 
 def test_a_wrong_template_is_caught_and_named():

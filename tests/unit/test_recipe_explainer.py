@@ -110,16 +110,16 @@ def test_synthesize_personas_labels_every_example_with_its_variant():
 
 
 @pytest.mark.parametrize(("junk", "reason"), [
-    ("1348543468729", "field 'core_idea' is not prose: '1348543468729'"),  # seen from SmolLM2-135M
-    ("Attention.", "field 'core_idea' is not prose: 'Attention.'"),
-    ("   ", "empty field 'core_idea'"),
+    ("1348543468729", "field 'what_the_idea_is' is not prose: '1348543468729'"),  # seen from SmolLM2-135M
+    ("Attention.", "field 'what_the_idea_is' is not prose: 'Attention.'"),
+    ("   ", "empty field 'what_the_idea_is'"),
 ])
 def test_persona_outputs_whose_fields_are_not_prose_are_rejected_with_the_reason(junk, reason):
     from tasks.core.recipe import SynthesizeConfig, TeacherConfig
 
     sections = [section("p1#1", "Alpha sentence here. " * 20)]
     config = SynthesizeConfig(generator="personas", personas=["intuitive", "eli5"], max_items=1, source_chars=500)
-    examples, rejected = synthesize_personas(sections, config, TeacherConfig(), _Teacher({"core_idea": junk}))
+    examples, rejected = synthesize_personas(sections, config, TeacherConfig(), _Teacher({"what_the_idea_is": junk}))
     assert [e.metadata["variant"] for e in examples] == ["eli5"]
     assert rejected == [{"item": "explain:arxiv:p1#1.0 (intuitive)", "reason": reason}]
 

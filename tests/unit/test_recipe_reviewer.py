@@ -11,6 +11,7 @@ from tasks.synthesize.review import (
     clip,
     format_review_prompt,
     group_papers,
+    rating_problem,
     representative_review,
     retrieve_shots,
     review_json,
@@ -129,6 +130,24 @@ def test_synthesize_reviews_one_human_example_per_paper_plus_teacher_reviews():
     assert len(synthetic) == 2 and not rejected
     assert all(json.loads(e.completion)["rating"] == 4 for e in synthetic)
     assert all(e.messages[0].content == "sys" for e in examples)
+
+
+def test_a_teacher_rating_far_from_the_human_mean_is_rejected():
+    from tasks.core.recipe import SynthesizeConfig, TeacherConfig
+
+    # the fake teacher rates every paper 4: "a" (humans 4 and 6, mean 5) is within 2, "b" (8) is not
+    reviews = [review("a", 0, 4, title="alpha"), review("a", 1, 6, title="alpha"), review("b", 0, 8, title="beta")]
+    config = SynthesizeConfig(generator="review", max_items=2, max_rating_gap=2)
+    examples, rejected = synthesize_reviews(reviews, config, TeacherConfig(), _Teacher())
+    assert sorted(e.metadata["forum_id"] for e in examples if e.source.startswith("teacher")) == ["a"]
+    assert rejected == [{"item": "review:teacher:b", "reason": "rating 4 is more than 2 from the human mean 8.0"}]
+    assert len([e for e in examples if e.source.startswith("human")]) == 2  # human labels are never filtered
+
+
+def test_rating_problem_bounds():
+    assert rating_problem(7, 5.0, 2) is None and rating_problem(3, 5.0, 2) is None
+    assert rating_problem(8, 5.0, 2) and rating_problem(0, 5.0, 2.5)
+    assert rating_problem(10, 0.0, None) is None  # no gap configured: every rating is kept
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -148,3 +148,38 @@ def test_with_context_adds_win_rate_and_pair_yield():
     assert candidate == {"rouge_l": 0.2, "win_rate": 0.7, "judge_ties": 2.0, "pair_yield": 0.4}
     assert base == {"rouge_l": 0.1, "win_rate": 0.5}
     assert with_context({"a": 1}, {"a": 2}, None, None) == ({"a": 1}, {"a": 2})
+
+
+class _LoopTeacher:
+    """Critiques and improves; the judge grades the original 3 and cannot grade the improvement."""
+
+    def structured(self, messages, output, **_):
+        from tasks.pairs.build import Critique, Evaluation, Improved
+
+        if output is Critique:
+            return Critique(problems=["too vague"], suggestion="Name the test."), None
+        if output is Improved:
+            return Improved(response="Use a two-sample t-test on the means."), None
+        assert output is Evaluation
+        if "t-test" in messages[-1].content:
+            return None, "output cut off at max_tokens"
+        return Evaluation(score=3, reason="Vague."), None
+
+
+class _Student:
+    def complete(self, request):
+        from tasks.teacher.base import Completion
+
+        return Completion(text="Compare them somehow.")
+
+
+def test_a_pair_trace_says_why_an_answer_was_not_graded():
+    from tasks.core.recipe import PairsConfig, TeacherConfig
+    from tasks.pairs.build import build_pair
+
+    item = {"id": "q1", "prompt": [{"role": "user", "content": "How do I compare two group means?"}]}
+    pair, trace = build_pair(item, _Student(), _LoopTeacher(), PairsConfig(), TeacherConfig())
+    assert pair is None
+    assert trace["original_score"] == 3 and trace["improved_score"] is None
+    assert trace["improved_evaluation"] == "output cut off at max_tokens"
+    assert "original_evaluation" not in trace

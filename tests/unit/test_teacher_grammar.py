@@ -16,7 +16,7 @@ def test_long_limits_are_dropped_short_ones_kept():
     assert schema["properties"]["short"]["maxLength"] == 50
     assert "maxLength" not in schema["properties"]["long"]
     assert schema["properties"]["items"]["maxItems"] == 3
-    assert GRAMMAR_MAX_REPEAT <= 400
+    assert GRAMMAR_MAX_REPEAT <= 800  # ~1200 overflows llama.cpp's parser (see test_teacher_llama)
     assert Long.model_json_schema()["properties"]["long"]["maxLength"] == 5000  # the original is untouched
 
 
