@@ -29,6 +29,9 @@ class Eli5Output(BaseModel):
     explanation: str = Field(description="The idea in plain words, short sentences, no jargon.", max_length=320)
 
 
+# Field names are words a small model reads as prose: named "value" and "cost", SmolLM2-135M wrote
+# "1.1.1.1..." into them until max_tokens; named "core_idea", it wrote a bare number into 5 of 14
+# (what_the_idea_is: 3 of 14 rejected for any reason, against 6).
 class IntuitiveOutput(BaseModel):
     what_the_idea_is: str = Field(description="The idea from first principles, in one or two sentences.",
                                   max_length=200)
@@ -36,9 +39,6 @@ class IntuitiveOutput(BaseModel):
     why_it_works: str = Field(description="Why the mechanism achieves the result.", max_length=240)
 
 
-# Field names are words a small model reads as prose: named "value" and "cost", SmolLM2-135M wrote
-# "1.1.1.1..." into them until max_tokens; named "core_idea", it wrote a bare number into 5 of 14
-# (what_the_idea_is: 3 of 14 rejected for any reason, against 6).
 class ExecutiveOutput(BaseModel):
     why_it_matters: str = Field(description="What it is useful for and who benefits.", max_length=240)
     what_it_takes: str = Field(description="What it costs or needs: data, compute, people, risk.", max_length=200)
