@@ -42,8 +42,8 @@ class ModelfileSpec:
     system: str
     temperature: float
     num_ctx: int
-    num_predict: int = 512
-    repeat_penalty: float = 1.0
+    num_predict: int
+    repeat_penalty: float
 
     def render(self) -> str:
         lines = [f"FROM ./{self.gguf_name}", f'TEMPLATE """{self.template}"""']
@@ -56,7 +56,7 @@ class ModelfileSpec:
 
 
 def modelfile_for(chat_template: str, gguf_name: str, system: str, temperature: float, num_ctx: int,
-                  num_predict: int = 512, repeat_penalty: float = 1.0) -> ModelfileSpec:
+                  num_predict: int, repeat_penalty: float) -> ModelfileSpec:
     template, stops = FAMILIES[template_family(chat_template)]
     return ModelfileSpec(gguf_name, template, list(stops), system, temperature, num_ctx, num_predict, repeat_penalty)
 

@@ -32,9 +32,9 @@ def reference_perplexity(llm: Any, prompt_text: str, reference: str) -> float | 
     return math.exp(nll)
 
 
-def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, output_format: str = "text",
-                  json_schema: dict | None = None, perplexity: bool = True, scorer: str = "text",
-                  repeat_penalty: float = 1.0) -> tuple[dict[str, float], list[dict]]:
+def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, repeat_penalty: float,
+                  output_format: str = "text", json_schema: dict | None = None, perplexity: bool = True,
+                  scorer: str = "text") -> tuple[dict[str, float], list[dict]]:
     """Generate for each held-out example and compute the metrics.
 
     Decoding is greedy (temperature 0, reproducible scores) with the served model's repeat penalty

@@ -28,9 +28,9 @@ from tasks.validate.report import plot_comparison, report_markdown
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def evaluate_model(heldout: ArtifactRef, config: ValidateConfig, output_format: str,
+def evaluate_model(heldout: ArtifactRef, config: ValidateConfig, output_format: str, repeat_penalty: float,
                    model: ArtifactRef | None = None, builtin: str | None = None,
-                   json_schema: dict | None = None, repeat_penalty: float = 1.0) -> StageOutput:
+                   json_schema: dict | None = None) -> StageOutput:
     """Score one served model (a GGUF through llama.cpp) on the held-out set, decoded as served."""
     from tasks.core.models import resolve_gguf
 
@@ -40,8 +40,8 @@ def evaluate_model(heldout: ArtifactRef, config: ValidateConfig, output_format: 
     if not examples:
         raise ValueError("the held-out set is empty: nothing to validate on (collect more data or raise "
                          "curate.heldout_fraction)")
-    metrics, predictions = evaluate_gguf(gguf, examples, config.max_tokens, output_format, json_schema,
-                                         scorer=config.scorer, repeat_penalty=repeat_penalty)
+    metrics, predictions = evaluate_gguf(gguf, examples, config.max_tokens, repeat_penalty, output_format,
+                                         json_schema, scorer=config.scorer)
     with tempfile.TemporaryDirectory() as tmp:
         write_jsonl(Path(tmp) / "predictions.jsonl", predictions)
         ref = store.put_file(Path(tmp) / "predictions.jsonl", kind="predictions", rows=len(predictions))

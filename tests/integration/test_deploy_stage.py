@@ -40,7 +40,7 @@ def test_publish_gate_and_rollback_drill(prefect_harness, tmp_path, monkeypatch)
         params.ftype, params.allow_requantize = 7, True
         assert llama_cpp.llama_model_quantize(str(original).encode(), str(requantized).encode(), params) == 0
         template = gguf_metadata(original)["tokenizer.chat_template"]
-        spec = modelfile_for(template, "model.gguf", "Answer briefly.", 0.0, 1024, 48)
+        spec = modelfile_for(template, "model.gguf", "Answer briefly.", 0.0, 1024, 48, 1.0)
         modelfile = store.put_bytes(spec.render().encode(), "Modelfile", kind="modelfile")
         models = {"r1": store.put_file(original, kind="gguf"), "r2": store.put_file(requantized, kind="gguf")}
         passed = {"passed": True, "metrics": {"rouge_l": 0.2}, "reasons": ["ok"], "failures": []}

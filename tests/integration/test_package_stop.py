@@ -16,7 +16,7 @@ def test_generation_stops_at_the_modelfiles_stop_token_and_a_wrong_stop_list_is_
 
     gguf = resolve_gguf("smollm2-135m")
     chat_template = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).chat_template
-    spec = modelfile_for(chat_template, gguf.name, "You are helpful.", 0.2, 2048)
+    spec = modelfile_for(chat_template, gguf.name, "You are helpful.", 0.2, 2048, 512, 1.0)
     smoke = smoke_generate(gguf, spec.system, spec.stops)
     assert smoke["stop_token"] == "<|im_end|>" and smoke["golden_prompts"] == 2
     assert 0 <= smoke["stopped_at_stop_token"] <= 2

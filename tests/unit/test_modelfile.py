@@ -1,5 +1,6 @@
 import pytest
 
+from tasks.core.recipe import PackageConfig
 from tasks.deploy.ollama import parse_modelfile
 from tasks.package.modelfile import (
     CHATML,
@@ -38,7 +39,7 @@ def test_modelfile_template_renders_like_the_chat_template():
 
 def test_modelfile_round_trip():
     """What package writes, deploy reads back (its parser builds Ollama's create request)."""
-    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "Be brief.", 0.2, 2048, repeat_penalty=1.1)
+    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "Be brief.", 0.2, 2048, 512, 1.1)
     parsed = parse_modelfile(spec.render())
     assert parsed.from_ == "./model-q4_k_m.gguf"
     assert parsed.template == CHATML
@@ -49,7 +50,9 @@ def test_modelfile_round_trip():
 
 def test_the_modelfile_always_names_the_repeat_penalty_validation_used():
     """Left out, Ollama applies its own default (1.1) and serves a model decoded unlike the validated one."""
-    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "", 0.2, 2048)
+    config = PackageConfig()
+    spec = modelfile_for(SMOL_TEMPLATE, "model-q4_k_m.gguf", "", config.temperature, config.num_ctx,
+                         config.num_predict, config.repeat_penalty)
     assert parse_modelfile(spec.render()).parameters["repeat_penalty"] == 1.0
 
 
