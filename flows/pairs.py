@@ -19,6 +19,6 @@ def pairs_flow(recipe: Recipe, dataset: StageOutput, production: ArtifactRef | N
     if not recipe.pairs.enabled or recipe.train.method == "sft":
         return StageResult(status="skipped", reason="pairs.enabled is false or train.method is sft")
     output, status = run_task(build_preference_pairs, train=dataset["train"], student_gguf=recipe.train.base_model,
-                              config=recipe.pairs, teacher_config=recipe.teacher,
+                              config=recipe.pairs, teacher_config=recipe.teacher, min_chars=recipe.curate.min_chars,
                               production=production if recipe.pairs.on_policy else None)
     return StageResult(status=status, outputs={"pairs": output}, teacher_calls=output.teacher_calls)

@@ -257,7 +257,8 @@ class PairsConfig(Section):
     max_prompts: int = Field(default=6, ge=0, description="Prompts that go through respond→critique→improve.")
     student_temperature: float = Field(default=0.7, ge=0, le=2)
     critique_temperature: float = Field(default=0.3, ge=0, le=2)
-    max_tokens: int = Field(default=160, ge=8, description="Tokens per response, critique and improvement.")
+    max_tokens: int = Field(default=160, ge=8, description="Tokens of the student's response (the critique, the "
+                            "improvement and the grades are sized to their schemas' longest JSON).")
     pass_score: float = Field(default=6, description="An evaluation at or above this score succeeds (1-10).")
     on_policy: bool = Field(default=False, description="Take the rejected side from the production model.")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, Field
 
 from tasks.core.recipe import PairsConfig, TeacherConfig
+from tasks.curate.filters import quality_problem
 from tasks.pairs.rules import decide_pair
 from tasks.teacher.base import ChatMessage, CompletionRequest, messages
+from tasks.teacher.llama_cpp import GRAMMAR_MAX_REPEAT
 
 CRITIC_SYSTEM = ("You are a strict reviewer of answers to statistics and machine-learning questions. "
                  "List concrete problems (errors, vagueness, missing caveats) and one suggestion.")
@@ -18,23 +20,19 @@ JUDGE_SYSTEM = ("You grade an answer to a question from 1 (useless or wrong) to 
                 "complete). Be strict and consistent.")
 
 
-# A grade's worst case under its grammar: a reason of 160 characters at one token each (a small model
-# can fill it with digits) plus the JSON around it. With 96 and then 160 tokens, 3 and then 5 of 10
-# grades of the 135M teacher were cut off, each costing the prompt its pair.
-JUDGE_TOKENS = 200
-
-
-# Length limits are part of the JSON schema, so a grammar-constrained local model cannot ramble past
-# its token budget and be cut off mid-JSON. They stay within what llama.cpp's grammar can enforce
-# (GRAMMAR_MAX_REPEAT): an improvement limited to 1200 characters was unbounded in the grammar, and 4
-# of 10 were cut off at max_tokens.
+# Length limits are part of the JSON schema, so a grammar-constrained local model cannot ramble and be
+# cut off mid-JSON: each request is sized to its schema's worst case (``structured`` without max_tokens;
+# with hand-picked budgets 3 to 5 of 10 grades of the 135M teacher were cut off, each costing the prompt
+# its pair). The limits stay within what llama.cpp's grammar can enforce (GRAMMAR_MAX_REPEAT): an
+# improvement limited to 1200 characters was unbounded in the grammar, and 4 of 10 were cut off.
 class Critique(BaseModel):
-    problems: list[str] = Field(description="Concrete problems with the answer.", max_length=3)
+    problems: list[Annotated[str, Field(max_length=120)]] = Field(description="Concrete problems with the answer.",
+                                                                  max_length=3)
     suggestion: str = Field(description="The single most useful change.", max_length=200)
 
 
 class Improved(BaseModel):
-    response: str = Field(description="The improved answer.", max_length=800)
+    response: str = Field(description="The improved answer.", max_length=GRAMMAR_MAX_REPEAT)
 
 
 class Evaluation(BaseModel):
@@ -68,8 +66,13 @@ def judge_messages(question: str, answer: str) -> tuple[ChatMessage, ...]:
 
 
 def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsConfig,
-               teacher_config: TeacherConfig) -> tuple[PreferencePair | None, dict[str, Any]]:
-    """Run one prompt through the loop. Returns the pair (or None) and a trace for the report."""
+               teacher_config: TeacherConfig, min_chars: int) -> tuple[PreferencePair | None, dict[str, Any]]:
+    """Run one prompt through the loop. Returns the pair (or None) and a trace for the report.
+
+    An answer curate would not train on (degenerate: shorter than ``min_chars`` or looping; a refusal;
+    an injection) fails whatever its grade: the 135M teacher graded an "improvement" reading "The term"
+    10 of 10, and DPO on that pair taught the model to stop after a few words.
+    """
     prompt = item["prompt"]
     question = prompt[-1]["content"]
     original = student.complete(CompletionRequest(
@@ -77,13 +80,13 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
         max_tokens=config.max_tokens, seed=teacher_config.seed)).text.strip()
     trace: dict[str, Any] = {"id": item["id"], "type": item.get("type", "qa")}
     crit, reason = teacher.structured(critique_messages(question, original), Critique,
-                                      temperature=config.critique_temperature, max_tokens=config.max_tokens + 160,
+                                      temperature=config.critique_temperature,
                                       seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
     if crit is None:
         trace.update(decision="no_pair", reason=f"critique invalid: {reason}")
         return None, trace
     imp, reason = teacher.structured(improve_messages(question, original, crit), Improved,
-                                     temperature=config.critique_temperature, max_tokens=config.max_tokens + 300,
+                                     temperature=config.critique_temperature,
                                      seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
     if imp is None:
         trace.update(decision="no_pair", reason=f"improvement invalid: {reason}")
@@ -92,14 +95,17 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
     scores, failures = [], {}
     for side, answer in (("original", original), ("improved", improved)):
         ev, reason = teacher.structured(judge_messages(question, answer), Evaluation, temperature=0.0,
-                                        max_tokens=JUDGE_TOKENS, seed=teacher_config.seed,
-                                        max_repairs=teacher_config.max_repairs)
+                                        seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
         scores.append(None if ev is None else ev.score)
         if ev is None:
             failures[f"{side}_evaluation"] = reason or "invalid output"
-    ok = [None if s is None else s >= config.pass_score for s in scores]
+    problems = {side: quality_problem(question, answer, min_chars)
+                for side, answer in (("original", original), ("improved", improved))}
+    ok = [False if problems[side] else None if score is None else score >= config.pass_score
+          for side, score in zip(("original", "improved"), scores)]
     decision, why = decide_pair(original, improved, ok[0], ok[1])
-    trace.update(decision=decision, reason=why, original_score=scores[0], improved_score=scores[1], **failures)
+    trace.update(decision=decision, reason=why, original_score=scores[0], improved_score=scores[1], **failures,
+                 **{f"{side}_problem": problem for side, problem in problems.items() if problem})
     if decision == "no_pair":
         return None, trace
     chosen, rejected = (improved, original) if decision == "chosen_improved" else (original, improved)
@@ -124,10 +130,10 @@ def prompts_from_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[s
 
 
 def build_pairs(prompts: list[dict[str, Any]], student: Any, teacher: Any, config: PairsConfig,
-                teacher_config: TeacherConfig,
+                teacher_config: TeacherConfig, min_chars: int,
                 progress: Callable[[int, int], None] | None = None) -> tuple[list[PreferencePair], list[dict]]:
-    results = teacher.map(lambda item: build_pair(item, student, teacher, config, teacher_config), prompts,
-                          concurrency=1, progress=progress)
+    results = teacher.map(lambda item: build_pair(item, student, teacher, config, teacher_config, min_chars),
+                          prompts, concurrency=1, progress=progress)
     pairs = [p for p, _ in results if p is not None]
     traces = [t for _, t in results]
     return pairs, traces

@@ -25,8 +25,11 @@ from tasks.pairs.build import build_pairs, prompts_from_examples
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retries=1,
       retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsConfig,
-                           teacher_config: TeacherConfig, production: ArtifactRef | None = None) -> StageOutput:
+                           teacher_config: TeacherConfig, min_chars: int,
+                           production: ArtifactRef | None = None) -> StageOutput:
     """Training prompts -> respond (student) -> critique -> improve -> evaluate -> DPO pairs.
+
+    ``min_chars`` is curate's: an answer curate would drop as degenerate cannot be a pair's chosen side.
 
     With ``production`` (on-policy), the GGUF now in production writes the first responses instead of
     the base model, so a rejected side is what users are being served today.
@@ -47,7 +50,7 @@ def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsC
                       RequestCache(get_settings().cache_dir / "student.sqlite"))
     progress = Progress("pairs", len(prompts))
     try:
-        pairs, traces = build_pairs(prompts, student, teacher, config, teacher_config, progress=progress)
+        pairs, traces = build_pairs(prompts, student, teacher, config, teacher_config, min_chars, progress=progress)
     finally:
         progress.close()
         student.provider.close()

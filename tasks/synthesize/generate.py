@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from tasks.core.hashing import sha256_json
 from tasks.core.recipe import SynthesizeConfig, TeacherConfig
+from tasks.curate.filters import normalize
 from tasks.synthesize.records import GroundedQA, Message, SyntheticExample
 from tasks.teacher.base import ChatMessage, messages
 
@@ -43,6 +44,22 @@ def quote_support(quote: str, passage: str) -> float:
 
 def citation(section: dict[str, Any]) -> str:
     return f"[arXiv:{section['paper_id']}, §{section['section_title']}]"
+
+
+def qa_problem(qa: GroundedQA, section: dict[str, Any]) -> str | None:
+    """Why a teacher's Q&A must not be trained on, or None.
+
+    The 135M default teacher copies instead of asking: its "questions" were the paper's or the
+    section's title, and an answer that repeated the question, each teaching the student to echo.
+    """
+    question, answer = normalize(qa.question), normalize(qa.answer)
+    if not question or not answer:
+        return "empty question or answer"
+    if question in (normalize(section["paper_title"]), normalize(section["section_title"])):
+        return "the question is a title"
+    if question in answer:
+        return "the answer restates the question"
+    return None
 
 
 def example_from_grounded_qa(section: dict[str, Any], qa: GroundedQA, system_prompt: str,
@@ -119,8 +136,9 @@ def synthesize(
             )
             if qa is None:
                 return {"item": section["id"], "reason": reason or "invalid output"}
-            if not qa.question.strip() or not qa.answer.strip():
-                return {"item": section["id"], "reason": "empty question or answer"}
+            problem = qa_problem(qa, section)
+            if problem:
+                return {"item": section["id"], "reason": problem}
             return example_from_grounded_qa(section, qa, config.system_prompt, teacher.name)
 
         for result in teacher.map(one, sections, concurrency=teacher_config.concurrency, progress=progress):

@@ -31,6 +31,8 @@ class CompletionRequest(Frozen):
     seed: int = 0
     json_schema: dict[str, Any] | None = Field(default=None, description="Ask for JSON following this schema.")
     stop: tuple[str, ...] = ()
+    top_logprobs: int = Field(default=0, ge=0, le=20,
+                              description="Also return the most likely tokens, this many, at each generated position.")
 
     def key(self, provider: str, model: str) -> str:
         return sha256_json({"provider": provider, "model": model, "request": self.model_dump(mode="json")})
@@ -53,6 +55,19 @@ class Completion(Frozen):
     finish_reason: str | None = None
     latency_s: float = 0.0
     cached: bool = False
+    top_logprobs: tuple[dict[str, float], ...] = Field(
+        default=(), description="For each generated token, the most likely tokens and their log-probabilities "
+                                "(when the request asked for them and the provider gives them).")
+
+
+def top_logprobs_of(content: Any) -> tuple[dict[str, float], ...]:
+    """The alternatives at each position of an OpenAI-style ``logprobs.content`` list (objects or dicts)."""
+
+    def field(item: Any, name: str) -> Any:
+        return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+    return tuple({field(alt, "token"): float(field(alt, "logprob")) for alt in field(position, "top_logprobs") or ()}
+                 for position in content or ())
 
 
 class TeacherError(RuntimeError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.hashing import sha256_file_cached
-from tasks.teacher.base import Completion, CompletionRequest
+from tasks.teacher.base import Completion, CompletionRequest, top_logprobs_of
 
 # llama.cpp turns a string's maxLength into nested grammar rules and its parser recurses once per
 # character: a maxLength of ~1200 overflows the stack and kills the process (seen with 0.3.36; 800
@@ -104,6 +104,7 @@ class LlamaCppChat:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self._llm: Any = None
+        self._scoring_llm: Any = None  # keeps every logit, for requests that ask for log-probabilities
         self._lock = threading.Lock()
 
     @property
@@ -114,18 +115,23 @@ class LlamaCppChat:
         answers constrained by an older grammar are not reused (:data:`DECODING`)."""
         return f"llama_cpp:{sha256_file_cached(self.model_path)[:16]}:{DECODING}"
 
-    def _load(self) -> Any:
-        if self._llm is None:
+    def _load(self, logprobs: bool = False) -> Any:
+        """The model; llama-cpp-python gives log-probabilities only from an instance that keeps every
+        logit (``logits_all``), which slows every other call, so that one is a second, lazy instance."""
+        if (self._scoring_llm if logprobs else self._llm) is None:
             from llama_cpp import Llama
 
-            self._llm = Llama(
-                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False, seed=0
-            )
-        return self._llm
+            llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False,
+                        seed=0, logits_all=logprobs)
+            if logprobs:
+                self._scoring_llm = llm
+            else:
+                self._llm = llm
+        return self._scoring_llm if logprobs else self._llm
 
     def complete(self, request: CompletionRequest) -> Completion:
         with self._lock:
-            llm = self._load()
+            llm = self._load(logprobs=request.top_logprobs > 0)
             kwargs: dict[str, Any] = {
                 "messages": [m.model_dump() for m in request.messages],
                 "temperature": request.temperature,
@@ -136,6 +142,8 @@ class LlamaCppChat:
                 kwargs["grammar"] = json_grammar(request.json_schema)
             if request.stop:
                 kwargs["stop"] = list(request.stop)
+            if request.top_logprobs:
+                kwargs.update(logprobs=True, top_logprobs=request.top_logprobs)
             start = time.perf_counter()
             out = llm.create_chat_completion(**kwargs)
             latency = time.perf_counter() - start
@@ -147,10 +155,12 @@ class LlamaCppChat:
             completion_tokens=usage.get("completion_tokens", 0),
             finish_reason=choice.get("finish_reason"),
             latency_s=latency,
+            top_logprobs=top_logprobs_of((choice.get("logprobs") or {}).get("content")),
         )
 
     def close(self) -> None:
         with self._lock:
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
+            for llm in (self._llm, self._scoring_llm):
+                if llm is not None:
+                    llm.close()
+            self._llm = self._scoring_llm = None

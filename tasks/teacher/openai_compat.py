@@ -23,6 +23,7 @@ from tasks.teacher.base import (
     QuotaExhausted,
     TeacherError,
     TransientError,
+    top_logprobs_of,
 )
 from tasks.teacher.keys import resolve_api_key, scrub
 from tasks.teacher.retry import parse_retry_after
@@ -62,6 +63,8 @@ def request_body(request: CompletionRequest, model: str, mode: StructuredMode = 
     }
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.top_logprobs:
+        body.update(logprobs=True, top_logprobs=request.top_logprobs)
     schema = request.json_schema
     if schema is not None:
         if mode == "json_schema":
@@ -95,6 +98,7 @@ def completion_from_response(response: Any, latency_s: float) -> Completion:
         completion_tokens=int(completion) if completion is not None else max(1, len(text) // 4),
         finish_reason=getattr(choice, "finish_reason", None),
         latency_s=latency_s,
+        top_logprobs=top_logprobs_of(getattr(getattr(choice, "logprobs", None), "content", None)),
     )
 
 

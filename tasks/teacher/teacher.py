@@ -46,12 +46,18 @@ from tasks.teacher.base import (
 )
 from tasks.teacher.cache import RequestCache
 from tasks.teacher.limits import Budget, LimitReservation, Prices, RateLimiter
+from tasks.teacher.llama_cpp import grammar_safe
 from tasks.teacher.progress import GenerationProgress
 from tasks.teacher.retry import RetryPolicy
 from tasks.teacher.runner import run_sync
+from tasks.teacher.worst_case import worst_case_chars
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
+
+# The output budget of a structured request whose schema does not bound its length.
+DEFAULT_MAX_TOKENS = 256
+
 log = logging.getLogger("distillery.teacher")
 
 
@@ -383,8 +389,12 @@ class Teacher:
     # -- structured outputs -----------------------------------------------------------------------
 
     def structured(self, messages: Iterable[ChatMessage], output: type[T], temperature: float = 0.0,
-                   max_tokens: int = 256, seed: int = 0, max_repairs: int = 1) -> tuple[T | None, str | None]:
+                   max_tokens: int | None = None, seed: int = 0, max_repairs: int = 1) -> tuple[T | None, str | None]:
         """Ask for JSON following ``output``'s schema; validate; re-ask up to ``max_repairs`` times.
+
+        ``max_tokens=None`` sizes the request to the schema's worst case (:mod:`tasks.teacher.worst_case`),
+        so a grammar-constrained answer is never cut off by its budget (:data:`DEFAULT_MAX_TOKENS` for a
+        schema that does not bound its length); a number is the caller's cap, a recipe's for instance.
 
         Returns ``(value, None)`` or ``(None, reason)``: an output that never validates becomes a
         rejected record with its reason rather than an exception. Provider failures (quota, budget,
@@ -393,10 +403,12 @@ class Teacher:
         return run_sync(self.astructured(messages, output, temperature, max_tokens, seed, max_repairs))
 
     async def astructured(self, messages: Iterable[ChatMessage], output: type[T], temperature: float = 0.0,
-                          max_tokens: int = 256, seed: int = 0,
+                          max_tokens: int | None = None, seed: int = 0,
                           max_repairs: int = 1) -> tuple[T | None, str | None]:
         history = list(messages)
         schema = output.model_json_schema()
+        if max_tokens is None:
+            max_tokens = worst_case_chars(grammar_safe(schema)) or DEFAULT_MAX_TOKENS
         reason = "no attempt"
         for attempt in range(max_repairs + 1):
             request = CompletionRequest(messages=tuple(history), temperature=temperature, max_tokens=max_tokens,

@@ -1,27 +1,43 @@
 """Pairwise judge: the teacher compares the candidate's and the base's answers to held-out prompts.
 
 Every pair is judged twice with the answers in swapped positions (A/B, then B/A): LLM judges prefer a
-position, and a preference that flips with the order is a position preference, not a quality one.
-The candidate wins a pair only when both orders prefer it, loses only when both prefer the base, and
-ties otherwise (MT-Bench's conservative rule). ``win_rate`` = (wins + ties / 2) / judged pairs, so
-0.5 means "no better than the base". Identical answers tie without a call; a verdict that never
-validates counts as a tie for that order. Formatting and the decision rules are pure.
+position, and averaging the two orders cancels a preference for a position but keeps one for an answer.
+
+Each order gives the judge's preference for the candidate, between 0 and 1. Where the provider returns
+log-probabilities, the judge is asked for one letter and the preference is the probability it gives
+the candidate's letter, out of the two letters (AlpacaEval's weighted win rate does the same): a
+small judge with a strong position bias still shows which answer it leans to. Otherwise, or when
+neither letter is among the likely first tokens, the judge writes a JSON verdict with a reason, and
+the preference is 1, 0 or 0.5 (tie or invalid). The pair's preference is the mean of its two orders.
+A pair is a win or a loss when its preference is more than ``TIE_MARGIN`` from 0.5, a tie otherwise
+(identical answers without a call); ``win_rate`` = (wins + ties / 2) / pairs, so 0.5 means "no better
+than the base", and a judge that cannot tell the answers apart leaves it there rather than adding its
+noise. ``judge_preference``, the mean preference, is reported beside it. Formatting and the decision
+rules are pure.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.teacher.base import ChatMessage, messages
+from tasks.teacher.base import ChatMessage, CompletionRequest, messages
 
 Side = Literal["candidate", "base", "tie"]
 
 JUDGE_SYSTEM = ("You are an impartial judge. Compare two answers to the same instruction and decide which one "
                 "follows the instruction better: correct, helpful, clear and complete. Ignore the order in which "
-                "the answers are shown and their length. Reply in JSON.")
+                "the answers are shown and their length.")
+VERDICT_REQUEST = "Reply in JSON."
+LETTER_REQUEST = "Which answer is better? Reply with one letter: A or B."
+
+# How many likely first tokens are asked for (OpenAI's maximum): the letters must be among them.
+TOP_LOGPROBS = 20
+# A pair whose preference is within this of 0.5 counts as a tie in the win/loss counts.
+TIE_MARGIN = 0.05
 
 
 class Verdict(BaseModel):
@@ -29,65 +45,85 @@ class Verdict(BaseModel):
     better: Literal["A", "B", "tie"] = Field(description="The better answer: A, B, or tie.")
 
 
-def judge_messages(instruction: str, answer_a: str, answer_b: str) -> tuple[ChatMessage, ...]:
-    return messages(("system", JUDGE_SYSTEM),
+def judge_messages(instruction: str, answer_a: str, answer_b: str, request: str = VERDICT_REQUEST
+                   ) -> tuple[ChatMessage, ...]:
+    return messages(("system", f"{JUDGE_SYSTEM} {request}"),
                     ("user", f"Instruction:\n{instruction}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}"))
 
 
-def side_of(better: str | None, candidate_is_a: bool) -> Side:
-    """Which model one verdict prefers, given where the candidate's answer was shown."""
-    if better == "A":
-        return "candidate" if candidate_is_a else "base"
-    if better == "B":
-        return "base" if candidate_is_a else "candidate"
+def letter_share(top_logprobs: dict[str, float]) -> float | None:
+    """P(A) / (P(A) + P(B)) from a first token's alternatives (" A", "a" count as A), or None when
+    neither letter is among them. A letter missing beside the other is given the least likely listed
+    token's probability, the most it can have: the share leans to the listed letter no more than it must."""
+    mass = {"A": 0.0, "B": 0.0}
+    for token, logprob in top_logprobs.items():
+        letter = token.strip().upper()
+        if letter in mass:
+            mass[letter] += math.exp(logprob)
+    if not mass["A"] and not mass["B"]:
+        return None
+    floor = math.exp(min(top_logprobs.values()))
+    a, b = mass["A"] or floor, mass["B"] or floor
+    return a / (a + b)
+
+
+def verdict_share(better: str | None) -> float:
+    """A verdict as a preference for answer A: 1, 0, or 0.5 for a tie or no valid verdict."""
+    return {"A": 1.0, "B": 0.0}.get(better or "", 0.5)
+
+
+def side_of(preference: float) -> Side:
+    """The side a preference for the candidate counts for."""
+    if preference > 0.5 + TIE_MARGIN:
+        return "candidate"
+    if preference < 0.5 - TIE_MARGIN:
+        return "base"
     return "tie"
 
 
-def combine_verdicts(candidate_first: str | None, base_first: str | None) -> Side:
-    """The outcome of a pair judged in both orders: a side wins only when both orders agree on it.
-
-    Args:
-        candidate_first: the verdict (A, B, tie or None) with the candidate shown as A.
-        base_first: the verdict with the base shown as A (positions swapped).
-    """
-    first, second = side_of(candidate_first, True), side_of(base_first, False)
-    return first if first == second else "tie"
-
-
-def win_rate(outcomes: list[Side]) -> float:
-    """(wins + ties / 2) / pairs; NaN for no pairs."""
-    if not outcomes:
-        return float("nan")
-    return (outcomes.count("candidate") + 0.5 * outcomes.count("tie")) / len(outcomes)
-
-
-def judge_summary(outcomes: list[Side], position_consistent: int) -> dict[str, float]:
-    n = len(outcomes)
-    return {"win_rate": win_rate(outcomes), "judge_wins": float(outcomes.count("candidate")),
-            "judge_losses": float(outcomes.count("base")), "judge_ties": float(outcomes.count("tie")),
+def judge_summary(preferences: list[float], position_consistent: int) -> dict[str, float]:
+    """``win_rate`` = (wins + ties / 2) / pairs and the mean preference (NaN for no pairs), with the counts."""
+    n = len(preferences)
+    sides = [side_of(p) for p in preferences]
+    wins = sides.count("candidate") + 0.5 * sides.count("tie")
+    return {"win_rate": wins / n if n else float("nan"),
+            "judge_preference": sum(preferences) / n if n else float("nan"),
+            "judge_wins": float(sides.count("candidate")),
+            "judge_losses": float(sides.count("base")), "judge_ties": float(sides.count("tie")),
             "judge_pairs": float(n),
             "judge_position_consistency": position_consistent / n if n else float("nan")}
 
 
-def judge_pair(teacher: Any, instruction: str, candidate: str, base: str, max_tokens: int = 128,
-               seed: int = 0, max_repairs: int = 1) -> dict[str, Any]:
-    """Judge one pair in both orders; returns the outcome and both raw verdicts."""
+def prefer_a(teacher: Any, instruction: str, answer_a: str, answer_b: str, seed: int = 0,
+             max_repairs: int = 1) -> tuple[float, str]:
+    """The judge's preference for answer A and how it was read: ``probability`` or ``verdict``."""
+    letter = teacher.complete(CompletionRequest(
+        messages=judge_messages(instruction, answer_a, answer_b, LETTER_REQUEST), temperature=0.0, max_tokens=1,
+        seed=seed, top_logprobs=TOP_LOGPROBS))
+    share = letter_share(letter.top_logprobs[0]) if letter.top_logprobs else None
+    if share is not None:
+        return share, "probability"
+    verdict, _ = teacher.structured(judge_messages(instruction, answer_a, answer_b), Verdict, temperature=0.0,
+                                    seed=seed, max_repairs=max_repairs)
+    return verdict_share(verdict.better if verdict is not None else None), "verdict"
+
+
+def judge_pair(teacher: Any, instruction: str, candidate: str, base: str, seed: int = 0,
+               max_repairs: int = 1) -> dict[str, Any]:
+    """Judge one pair in both orders; returns the preference for the candidate and each order's reading."""
     if " ".join(candidate.split()) == " ".join(base.split()):
-        return {"outcome": "tie", "candidate_first": None, "base_first": None, "identical": True,
-                "consistent": True}
-    verdicts = []
-    for answer_a, answer_b in ((candidate, base), (base, candidate)):
-        verdict, _ = teacher.structured(judge_messages(instruction, answer_a, answer_b), Verdict, temperature=0.0,
-                                        max_tokens=max_tokens, seed=seed, max_repairs=max_repairs)
-        verdicts.append(verdict.better if verdict is not None else None)
-    outcome = combine_verdicts(verdicts[0], verdicts[1])
-    consistent = side_of(verdicts[0], True) == side_of(verdicts[1], False)
-    return {"outcome": outcome, "candidate_first": verdicts[0], "base_first": verdicts[1], "identical": False,
-            "consistent": consistent}
+        return {"preference": 0.5, "outcome": "tie", "identical": True, "consistent": True}
+    first, how_first = prefer_a(teacher, instruction, candidate, base, seed, max_repairs)
+    second, how_second = prefer_a(teacher, instruction, base, candidate, seed, max_repairs)
+    candidate_first, base_first = first, 1.0 - second  # both: the preference for the candidate
+    preference = (candidate_first + base_first) / 2
+    return {"preference": preference, "outcome": side_of(preference), "identical": False,
+            "candidate_first": candidate_first, "base_first": base_first, "read_as": [how_first, how_second],
+            "consistent": (candidate_first - 0.5) * (base_first - 0.5) > 0}
 
 
 def judge_predictions(teacher: Any, heldout: list[dict[str, Any]], candidate: list[dict[str, Any]],
-                      base: list[dict[str, Any]], max_tokens: int = 128, seed: int = 0, max_repairs: int = 1,
+                      base: list[dict[str, Any]], seed: int = 0, max_repairs: int = 1,
                       progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], list[dict]]:
     """Judge the candidate's against the base's prediction for every held-out id both answered."""
     prompts = {row["id"]: row["messages"][-2]["content"] for row in heldout}
@@ -97,8 +133,7 @@ def judge_predictions(teacher: Any, heldout: list[dict[str, Any]], candidate: li
     def one(item: tuple[str, str]) -> dict[str, Any]:
         example_id, answer = item
         return {"id": example_id, **judge_pair(teacher, prompts[example_id], answer, base_by_id[example_id],
-                                               max_tokens, seed, max_repairs)}
+                                               seed, max_repairs)}
 
     rows = teacher.map(one, items, concurrency=1, progress=progress)
-    outcomes: list[Side] = [row["outcome"] for row in rows]
-    return judge_summary(outcomes, sum(1 for row in rows if row["consistent"])), rows
+    return judge_summary([row["preference"] for row in rows], sum(1 for row in rows if row["consistent"])), rows

@@ -34,8 +34,8 @@ def model_results(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, floa
         if not gate or "base" not in validate:
             continue
         base = dict(validate["base"])
-        if "win_rate" in gate["metrics"]:
-            base["win_rate"] = 0.5  # the base against itself: every pair a tie
+        # the base judged against itself: every pair a tie
+        base.update({key: 0.5 for key in ("win_rate", "judge_preference") if key in gate["metrics"]})
         out[label] = {"trained": dict(gate["metrics"]), "base": base}
     return out
 

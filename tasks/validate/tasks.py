@@ -87,13 +87,14 @@ def judge_against_base(heldout: ArtifactRef, candidate: ArtifactRef, base: Artif
 def with_context(candidate: dict, base: dict, judge: dict | None, pairs: dict | None) -> tuple[dict, dict]:
     """Candidate and base metrics with the judge's win rate and the pair yield added.
 
-    The base's win rate against itself is 0.5 by definition (every pair a tie), so ``beat_base:
-    [win_rate]`` means "the judge does not prefer the base". The pair yield is reported, not compared.
+    The base's win rate and mean preference against itself are 0.5 by definition (every pair a tie),
+    so ``beat_base: [win_rate]`` means "the judge does not prefer the base". The pair yield is
+    reported, not compared.
     """
     candidate, base = dict(candidate), dict(base)
     if judge:
         candidate.update({k: v for k, v in judge.items() if k == "win_rate" or k.startswith("judge_")})
-        base["win_rate"] = 0.5
+        base.update(win_rate=0.5, judge_preference=0.5)
     if pairs and "pair_yield" in pairs:
         candidate["pair_yield"] = pairs["pair_yield"]
     return candidate, base

@@ -4,10 +4,11 @@ pairs -> DPO only -> GGUF -> win rate over the base judged by the teacher, both 
 
 The student is the real SmolLM2-135M through llama.cpp; the teacher is the FAKE OpenAI-compatible
 server of tests/fakes (the full profile's teacher is an OpenAI model behind that protocol). With the
-135M model as its own critic, most critiques and evaluations are cut off at the smoke profile's token
-limits, and whether any pair survives depends on the CPU's floating-point path (llama.cpp is built
-for the machine): a DPO-only recipe with no pairs has nothing to train. The fake answers every
-structured request with schema-valid JSON, so the pairs, DPO and the judge run on every machine."""
+135M model as its own critic, whether any pair survives depends on its grades, and so on the CPU's
+floating-point path (llama.cpp is built for the machine): a DPO-only recipe with no pairs has nothing
+to train. The fake answers every structured request with schema-valid JSON, so the pairs, DPO and the
+judge run on every machine; it gives no log-probabilities a judge could read as a letter, so the
+judge's JSON verdicts are used."""
 
 from __future__ import annotations
 
@@ -77,3 +78,4 @@ def test_self_critique_smoke(tmp_path):
     assert metrics["pair_yield"] == pairs["pair_yield"]
     judge = summary["counts"]["validate"]["judge"]
     assert judge["judge_wins"] + judge["judge_losses"] + judge["judge_ties"] == judge["judge_pairs"]
+    assert 0.0 <= judge["judge_preference"] <= 1.0

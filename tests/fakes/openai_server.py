@@ -4,7 +4,8 @@ It binds 127.0.0.1 on an ephemeral port and serves ``POST /v1/chat/completions``
 
 * with ``response_format`` ``json_schema`` (or a ``json_object`` with a ``schema``) it answers an object
   that follows the schema, deterministic from the prompt; otherwise a short text, also deterministic;
-* ``usage`` counts words, so budgets and token limits move;
+* ``usage`` counts words, so budgets and token limits move; ``logprobs`` (with ``top_logprobs``) are
+  given a token per word, each token the most likely of its alternatives;
 * ``latency_s`` delays every answer; ``rate_limit_rpm`` enforces a token-bucket limit like a provider's
   (429 with ``Retry-After`` and ``retry-after-ms``; refused requests do not use the bucket);
 * ``api_key`` makes it check ``Authorization: Bearer ...`` (401 that echoes part of the key, as OpenAI does);
@@ -110,7 +111,7 @@ def instance_for(schema: dict[str, Any], seed: str, root: dict[str, Any] | None 
             count = min(count, int(schema["maxItems"]))
         return [instance_for(schema.get("items", {}), _digest([seed, i]), root) for i in range(count)]
     if kind == "string":
-        text = f"{schema.get('title', 'text').lower()} {seed[:8]}"
+        text = f"{schema.get('title', 'text').lower()} {seed[:8]} {seed[8:16]} {seed[16:24]}"  # curate keeps it
         text = text[: int(schema.get("maxLength", len(text)))]
         return text.ljust(int(schema.get("minLength", 0)), "x")
     if kind in ("integer", "number"):
@@ -131,6 +132,20 @@ def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
     if fmt.get("type") == "json_object":
         return fmt.get("schema") or {}
     return None
+
+
+def _logprobs(content: str, top: int) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` object for a reply, a token per word: each token and, when asked, ``top``
+    alternatives with deterministic log-probabilities (the token itself the most likely)."""
+    positions = []
+    for i, token in enumerate(content.split(" ")):
+        token = token if i == 0 else f" {token}"
+        logprob = -0.05 - int(_digest(token)[:2], 16) / 1000
+        alternatives = [(token, logprob)] + [(f" alt{j}", logprob - j) for j in range(1, top)]
+        positions.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
+                          "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
+                                           for t, lp in alternatives[:top]]})
+    return {"content": positions, "refusal": None}
 
 
 def _words(text: str) -> int:
@@ -242,7 +257,8 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": body.get("model", "fake-teacher"),
             "choices": [] if fault.kind == "no_choices" else [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish,
+                 "logprobs": _logprobs(content, int(body.get("top_logprobs") or 0)) if body.get("logprobs") else None}
             ],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": max(1, _words(content)),
                       "total_tokens": prompt_tokens + max(1, _words(content))},

@@ -67,6 +67,22 @@ def test_concurrent_calls_share_one_model_safely(gguf):
         chat.close()
 
 
+def test_log_probabilities_of_the_first_token_come_from_the_real_model(gguf):
+    """What the pairwise judge reads: the letters' probabilities, whichever letter greedy decoding picks."""
+    chat = LlamaCppChat(gguf, n_ctx=512)
+    try:
+        ask = messages(("system", "Reply with one letter: A or B."), ("user", "Which letter comes first?"))
+        scored = chat.complete(CompletionRequest(messages=ask, max_tokens=1, top_logprobs=20))
+        plain = chat.complete(CompletionRequest(messages=ask, max_tokens=1))
+        assert len(scored.top_logprobs) == 1 and len(scored.top_logprobs[0]) == 20
+        first = scored.top_logprobs[0]
+        assert max(first, key=first.get) == scored.text == plain.text  # greedy takes the likeliest token
+        assert {"A", "B"} <= set(first) and all(lp <= 0 for lp in first.values())
+        assert plain.top_logprobs == ()
+    finally:
+        chat.close()
+
+
 class Rated(BaseModel):
     score: float = Field(description="Score from 0 to 1.", ge=0, le=1)
     rating: int = Field(description="Rating from 0 to 10.", ge=0, le=10)

@@ -78,6 +78,18 @@ def test_structured_output_follows_the_schema_and_sends_the_key(server, tmp_path
     assert teacher.stats.completions == 1 and teacher.stats.total_tokens > 0
 
 
+def test_log_probabilities_are_asked_for_and_come_back_per_token(server, tmp_path, monkeypatch):
+    teacher = make_teacher(server, tmp_path, monkeypatch)
+    completion = teacher.complete(ask("logprobs", top_logprobs=3))
+    assert server.log[0].body["logprobs"] is True and server.log[0].body["top_logprobs"] == 3
+    tokens = completion.text.split(" ")
+    assert len(completion.top_logprobs) == len(tokens)
+    first = completion.top_logprobs[0]
+    assert len(first) == 3 and max(first, key=first.get) == tokens[0] and all(lp < 0 for lp in first.values())
+    assert teacher.complete(ask("logprobs", top_logprobs=3)).top_logprobs == completion.top_logprobs  # cached
+    assert teacher.complete(ask("plain")).top_logprobs == () and "logprobs" not in server.log[-1].body
+
+
 def test_requests_are_in_flight_together_up_to_the_concurrency(server, tmp_path, monkeypatch):
     # What concurrency buys in wall time is measured by bench/teacher_throughput.py; here, the server's
     # own log shows how many requests it held at once (no timing threshold a loaded machine could miss).

@@ -13,13 +13,16 @@ from tasks.synthesize.instructions import (
     select_instructions,
     synthesize_instructions,
 )
+from tasks.teacher.base import Completion
 from tasks.validate.judge import (
-    combine_verdicts,
+    TIE_MARGIN,
     judge_messages,
     judge_pair,
     judge_predictions,
+    judge_summary,
+    letter_share,
     side_of,
-    win_rate,
+    verdict_share,
 )
 from tasks.validate.tasks import with_context
 
@@ -50,7 +53,6 @@ def test_select_instructions_interleaves_types_and_is_stable():
 
 def test_synthesize_instructions_rejects_empty_responses():
     from tasks.core.recipe import SynthesizeConfig, TeacherConfig
-    from tasks.teacher.base import Completion
 
     class Teacher:
         name = "fake:t"
@@ -68,34 +70,37 @@ def test_synthesize_instructions_rejects_empty_responses():
     assert rejected == [{"item": "b", "reason": "empty response"}]
 
 
-@pytest.mark.parametrize("better, candidate_is_a, side", [
-    ("A", True, "candidate"), ("B", True, "base"), ("A", False, "base"), ("B", False, "candidate"),
-    ("tie", True, "tie"), (None, False, "tie")])
-def test_side_of(better, candidate_is_a, side):
-    assert side_of(better, candidate_is_a) == side
-
-
-@pytest.mark.parametrize("candidate_first, base_first, outcome", [
-    ("A", "B", "candidate"),   # both orders prefer the candidate
-    ("B", "A", "base"),        # both orders prefer the base
-    ("A", "A", "tie"),         # always the first position: position bias, not quality
-    ("B", "B", "tie"),         # always the second position
-    ("A", "tie", "tie"),
-    ("tie", "tie", "tie"),
-    (None, "B", "tie"),        # one order's verdict never validated
+@pytest.mark.parametrize("top, share", [
+    ({"A": math.log(0.6), "B": math.log(0.2), "The": math.log(0.1)}, 0.75),
+    ({" a": math.log(0.3), "A": math.log(0.3), " B": math.log(0.2)}, 0.75),   # variants of a letter add up
+    ({"The": math.log(0.5), "I": math.log(0.3)}, None),                       # neither letter: no reading
+    ({"B": math.log(0.5), "The": math.log(0.1)}, 0.1 / 0.6),                  # A missing: at most the last listed
 ])
-def test_combine_verdicts_counts_only_order_consistent_preferences(candidate_first, base_first, outcome):
-    assert combine_verdicts(candidate_first, base_first) == outcome
+def test_letter_share(top, share):
+    assert letter_share(top) == (None if share is None else pytest.approx(share))
 
 
-def test_win_rate():
-    assert win_rate(["candidate", "base", "tie", "tie"]) == pytest.approx(0.5)
-    assert win_rate(["candidate", "candidate", "tie"]) == pytest.approx(5 / 6)
-    assert math.isnan(win_rate([]))
+def test_verdict_share_and_side_of():
+    assert [verdict_share(v) for v in ("A", "B", "tie", None)] == [1.0, 0.0, 0.5, 0.5]
+    assert [side_of(p) for p in (0.9, 0.5 + TIE_MARGIN / 2, 0.5, 0.1)] == ["candidate", "tie", "tie", "base"]
 
 
-class _PositionBiasedTeacher:
-    """Always prefers answer A unless told otherwise: the swap must turn that into ties."""
+def test_judge_summary_counts_leans_within_the_margin_as_ties():
+    summary = judge_summary([1.0, 0.5, 0.75, 0.25, 0.52], position_consistent=2)
+    assert (summary["judge_wins"], summary["judge_losses"], summary["judge_ties"]) == (2.0, 1.0, 2.0)
+    assert summary["win_rate"] == pytest.approx(0.6)
+    assert summary["judge_preference"] == pytest.approx(3.02 / 5)
+    assert summary["judge_position_consistency"] == 0.4
+    assert math.isnan(judge_summary([], 0)["win_rate"])
+
+
+def _answer_a(messages):
+    return messages[-1].content.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]", 1)[0]
+
+
+class _VerdictJudge:
+    """A judge without log-probabilities (its replies carry none): always A unless told which answer it
+    prefers. The swap must turn its position bias into ties."""
 
     name = "fake:judge"
 
@@ -103,29 +108,58 @@ class _PositionBiasedTeacher:
         self.calls = []
         self.prefer = prefer
 
+    def complete(self, request):
+        assert request.top_logprobs and request.max_tokens == 1
+        return Completion(text="A")
+
     def structured(self, messages, output, **_):
-        user = messages[-1].content
-        self.calls.append(user)
-        answer_a = user.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]", 1)[0]
-        better = "A" if self.prefer is None else ("A" if answer_a == self.prefer else "B")
+        self.calls.append(messages[-1].content)
+        better = "A" if self.prefer is None else ("A" if _answer_a(messages) == self.prefer else "B")
         return output(reason="r", better=better), None
 
     def map(self, fn, items, concurrency=None, progress=None):
         return [fn(i) for i in items]
 
 
+class _ProbabilityJudge(_VerdictJudge):
+    """Gives the letter's probabilities: a strong lean to A, and a little more for the preferred answer."""
+
+    def complete(self, request):
+        self.calls.append("\n".join(m.content for m in request.messages))
+        lean = 0.1 if _answer_a(request.messages) == self.prefer else -0.1
+        return Completion(text="A", top_logprobs=({"A": math.log(0.7 + lean), "B": math.log(0.3 - lean),
+                                                   "Answer": math.log(0.001)},))
+
+    def structured(self, *_, **__):
+        raise AssertionError("a judge that gives probabilities is not asked for a verdict")
+
+
 def test_judge_pair_swaps_positions_and_neutralises_position_bias():
-    teacher = _PositionBiasedTeacher()
+    teacher = _VerdictJudge()
     result = judge_pair(teacher, "Q?", "candidate answer", "base answer")
-    assert result["outcome"] == "tie" and not result["consistent"]
+    assert result["outcome"] == "tie" and result["preference"] == 0.5 and not result["consistent"]
+    assert result["read_as"] == ["verdict", "verdict"]
     assert len(teacher.calls) == 2
     assert "[Answer A]\ncandidate answer" in teacher.calls[0] and "[Answer A]\nbase answer" in teacher.calls[1]
-    fair = _PositionBiasedTeacher(prefer="candidate answer")
-    assert judge_pair(fair, "Q?", "candidate answer", "base answer")["outcome"] == "candidate"
+    fair = _VerdictJudge(prefer="candidate answer")
+    assert judge_pair(fair, "Q?", "candidate answer", "base answer")["preference"] == 1.0
+
+
+def test_judge_pair_reads_a_position_biased_judges_probabilities():
+    """Always answering A, the judge still gives the candidate's letter more probability in both orders."""
+    judge = _ProbabilityJudge(prefer="candidate answer")
+    result = judge_pair(judge, "Q?", "candidate answer", "base answer")
+    assert result["read_as"] == ["probability", "probability"]
+    assert result["candidate_first"] == pytest.approx(0.8) and result["base_first"] == pytest.approx(0.4)
+    assert result["preference"] == pytest.approx(0.6) and result["outcome"] == "candidate"
+    assert not result["consistent"]  # the second order still answers A: position bias, yet a lean
+    assert "one letter" in judge.calls[0]
+    judge.prefer = "base answer"
+    assert judge_pair(judge, "Q?", "candidate answer", "base answer")["preference"] == pytest.approx(0.4)
 
 
 def test_judge_pair_identical_answers_tie_without_a_call():
-    teacher = _PositionBiasedTeacher()
+    teacher = _VerdictJudge()
     assert judge_pair(teacher, "Q?", "same  answer", "same answer\n")["outcome"] == "tie"
     assert teacher.calls == []
 
@@ -135,7 +169,7 @@ def test_judge_predictions_pairs_by_id_and_summarises():
                                       {"role": "assistant", "content": "ref"}]} for i in ("a", "b", "c")]
     candidate = [{"id": "a", "prediction": "good"}, {"id": "b", "prediction": "good"}, {"id": "z", "prediction": "x"}]
     base = [{"id": "a", "prediction": "bad"}, {"id": "b", "prediction": "good"}]
-    summary, rows = judge_predictions(_PositionBiasedTeacher(prefer="good"), heldout, candidate, base)
+    summary, rows = judge_predictions(_VerdictJudge(prefer="good"), heldout, candidate, base)
     assert [r["id"] for r in rows] == ["a", "b"]
     assert summary["judge_wins"] == 1 and summary["judge_ties"] == 1 and summary["win_rate"] == pytest.approx(0.75)
     assert summary["judge_pairs"] == 2 and summary["judge_position_consistency"] == 1.0
@@ -143,15 +177,21 @@ def test_judge_predictions_pairs_by_id_and_summarises():
 
 
 def test_with_context_adds_win_rate_and_pair_yield():
-    candidate, base = with_context({"rouge_l": 0.2}, {"rouge_l": 0.1}, {"win_rate": 0.7, "judge_ties": 2.0,
-                                                                        "teacher_calls": 8}, {"pair_yield": 0.4})
-    assert candidate == {"rouge_l": 0.2, "win_rate": 0.7, "judge_ties": 2.0, "pair_yield": 0.4}
-    assert base == {"rouge_l": 0.1, "win_rate": 0.5}
+    judge = {"win_rate": 0.7, "judge_preference": 0.6, "judge_ties": 2.0, "teacher_calls": 8}
+    candidate, base = with_context({"rouge_l": 0.2}, {"rouge_l": 0.1}, judge, {"pair_yield": 0.4})
+    assert candidate == {"rouge_l": 0.2, "win_rate": 0.7, "judge_preference": 0.6, "judge_ties": 2.0,
+                         "pair_yield": 0.4}
+    assert base == {"rouge_l": 0.1, "win_rate": 0.5, "judge_preference": 0.5}
     assert with_context({"a": 1}, {"a": 2}, None, None) == ({"a": 1}, {"a": 2})
 
 
 class _LoopTeacher:
-    """Critiques and improves; the judge grades the original 3 and cannot grade the improvement."""
+    """Critiques and improves; grades the original 3 and cannot grade the improvement, or, with
+    ``grades``, gives each answer the grade of the first key it contains."""
+
+    def __init__(self, improvement="Use a two-sample t-test on the means.", grades=None):
+        self.improvement = improvement
+        self.grades = grades
 
     def structured(self, messages, output, **_):
         from tasks.pairs.build import Critique, Evaluation, Improved
@@ -159,8 +199,11 @@ class _LoopTeacher:
         if output is Critique:
             return Critique(problems=["too vague"], suggestion="Name the test."), None
         if output is Improved:
-            return Improved(response="Use a two-sample t-test on the means."), None
+            return Improved(response=self.improvement), None
         assert output is Evaluation
+        if self.grades:
+            return Evaluation(score=next(g for k, g in self.grades.items() if k in messages[-1].content),
+                              reason="r"), None
         if "t-test" in messages[-1].content:
             return None, "output cut off at max_tokens"
         return Evaluation(score=3, reason="Vague."), None
@@ -168,8 +211,6 @@ class _LoopTeacher:
 
 class _Student:
     def complete(self, request):
-        from tasks.teacher.base import Completion
-
         return Completion(text="Compare them somehow.")
 
 
@@ -178,8 +219,24 @@ def test_a_pair_trace_says_why_an_answer_was_not_graded():
     from tasks.pairs.build import build_pair
 
     item = {"id": "q1", "prompt": [{"role": "user", "content": "How do I compare two group means?"}]}
-    pair, trace = build_pair(item, _Student(), _LoopTeacher(), PairsConfig(), TeacherConfig())
+    pair, trace = build_pair(item, _Student(), _LoopTeacher(), PairsConfig(), TeacherConfig(), min_chars=10)
     assert pair is None
     assert trace["original_score"] == 3 and trace["improved_score"] is None
     assert trace["improved_evaluation"] == "output cut off at max_tokens"
     assert "original_evaluation" not in trace
+
+
+def test_a_degenerate_answer_fails_whatever_its_grade():
+    """Seen with the 135M teacher: an "improvement" reading "The term", graded 10, chosen by DPO."""
+    from tasks.core.recipe import PairsConfig, TeacherConfig
+    from tasks.pairs.build import build_pair
+
+    item = {"id": "q1", "prompt": [{"role": "user", "content": "How do I compare two group means?"}]}
+    teacher = _LoopTeacher(improvement="The term", grades={"The term": 10, "Compare": 3})
+    pair, trace = build_pair(item, _Student(), teacher, PairsConfig(), TeacherConfig(), min_chars=20)
+    assert pair is None and trace["reason"] == "neither succeeds"
+    assert trace["improved_score"] == 10 and trace["improved_problem"] == "empty or degenerate output"
+    teacher.grades = {"The term": 10, "Compare": 8}  # the original passes: it is chosen over the fragment
+    pair, trace = build_pair(item, _Student(), teacher, PairsConfig(), TeacherConfig(), min_chars=20)
+    assert trace["decision"] == "chosen_original" and pair.chosen[0]["content"] == "Compare them somehow."
+    assert "original_problem" not in trace

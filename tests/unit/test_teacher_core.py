@@ -7,10 +7,10 @@ import io
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.core.recipe import TeacherConfig
 from tasks.teacher import teacher as teacher_module
@@ -31,6 +31,7 @@ from tasks.teacher.progress import GenerationProgress
 from tasks.teacher.retry import RetryPolicy
 from tasks.teacher.runner import run_sync
 from tasks.teacher.teacher import Teacher, TeacherStats, fresh_stats
+from tasks.teacher.worst_case import worst_case_chars
 
 FAST = RetryPolicy(max_retries=3, backoff_base_s=0.001, backoff_max_s=0.01, max_wait_s=60)
 
@@ -212,6 +213,21 @@ def test_cut_off_output_says_so():
 
     value, reason = Teacher(Cut(), retry=FAST).structured(messages(("user", "q")), Answer, max_repairs=0)
     assert value is None and reason == "output cut off at max_tokens"
+
+
+class Bounded(BaseModel):
+    verdict: Literal["yes", "no"]
+    reason: str = Field(max_length=40)
+
+
+def test_structured_output_is_sized_to_its_schema_unless_the_caller_caps_it():
+    provider = ScriptedProvider(answer=lambda r: '{"verdict": "yes", "reason": "ok"}')
+    teacher = Teacher(provider, retry=FAST)
+    teacher.structured(messages(("user", "bounded")), Bounded)
+    teacher.structured(messages(("user", "unbounded")), Answer, max_repairs=0)
+    teacher.structured(messages(("user", "capped")), Bounded, max_tokens=16)
+    assert [c.max_tokens for c in provider.calls] == [worst_case_chars(Bounded.model_json_schema()),
+                                                      teacher_module.DEFAULT_MAX_TOKENS, 16]
 
 
 # -- budget ----------------------------------------------------------------------------------------
