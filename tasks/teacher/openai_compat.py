@@ -48,11 +48,12 @@ TokenParam = Literal["max_tokens", "max_completion_tokens"]
 
 
 def request_body(request: CompletionRequest, model: str, mode: StructuredMode = "json_schema",
-                 token_param: TokenParam = "max_tokens") -> dict[str, Any]:
+                 token_param: TokenParam = "max_tokens", logprobs: bool = True) -> dict[str, Any]:
     """The ``chat.completions.create`` arguments for a request (pure; what the cache key stands for).
 
     ``token_param`` names the output-token limit: ``max_tokens`` is what every compatible server reads;
     OpenAI's reasoning models (o-series, gpt-5) refuse it and want ``max_completion_tokens``.
+    ``logprobs=False`` leaves out the request's ``top_logprobs`` (an endpoint that refuses them).
     """
     msgs = [m.model_dump() for m in request.messages]
     body: dict[str, Any] = {
@@ -63,7 +64,7 @@ def request_body(request: CompletionRequest, model: str, mode: StructuredMode = 
     }
     if request.stop:
         body["stop"] = list(request.stop)
-    if request.top_logprobs:
+    if request.top_logprobs and logprobs:
         body.update(logprobs=True, top_logprobs=request.top_logprobs)
     schema = request.json_schema
     if schema is not None:
@@ -133,8 +134,10 @@ class OpenAIChat:
         self.timeout_s = timeout_s
         self.structured_mode = structured_mode
         self.key_source = key_source
-        # Switched once, for good, when the endpoint asks for max_completion_tokens (_switched_token_param).
+        # Switched once, for good, when the endpoint asks for max_completion_tokens or refuses
+        # log-probabilities (_adapted).
         self.token_param: TokenParam = "max_tokens"
+        self.logprobs = True
         self._sync_client: Any = None
         self._async_clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
         # Build the client for the teacher's event loop now: a first request that paid for it would
@@ -196,48 +199,56 @@ class OpenAIChat:
 
     def complete(self, request: CompletionRequest) -> Completion:
         while True:
-            sent = self.token_param
+            sent = self.token_param, self.logprobs
             start = time.perf_counter()
             try:
                 response = self._sync().chat.completions.create(
-                    **request_body(request, self.model, self.structured_mode, sent))
+                    **request_body(request, self.model, self.structured_mode, *sent))
             except Exception as exc:  # noqa: BLE001 - every client error is translated
-                if self._switched_token_param(exc, sent):
+                if self._adapted(exc, *sent, asked_logprobs=request.top_logprobs > 0):
                     continue
                 raise self._translate(exc) from None
             return completion_from_response(response, time.perf_counter() - start)
 
     async def acomplete(self, request: CompletionRequest) -> Completion:
         while True:
-            sent = self.token_param
+            sent = self.token_param, self.logprobs
             start = time.perf_counter()
             try:
                 response = await self._async().chat.completions.create(
-                    **request_body(request, self.model, self.structured_mode, sent))
+                    **request_body(request, self.model, self.structured_mode, *sent))
             except Exception as exc:  # noqa: BLE001 - every client error is translated
-                if self._switched_token_param(exc, sent):
+                if self._adapted(exc, *sent, asked_logprobs=request.top_logprobs > 0):
                     continue
                 raise self._translate(exc) from None
             return completion_from_response(response, time.perf_counter() - start)
 
-    def _switched_token_param(self, exc: Exception, sent: TokenParam) -> bool:
-        """True when the endpoint refused ``max_tokens`` and asked for ``max_completion_tokens``.
+    def _adapted(self, exc: Exception, token_param: TokenParam, logprobs: bool, asked_logprobs: bool) -> bool:
+        """True when the endpoint refused a parameter it has an answer for; the next attempt adapts.
 
-        OpenAI's reasoning models answer HTTP 400 ``unsupported_parameter`` on ``max_tokens``; the limit
-        then goes as ``max_completion_tokens`` for this and every later request. The cache key does not
-        change: it is the same request, named differently on the wire.
+        OpenAI's reasoning models answer HTTP 400 ``unsupported_parameter`` on ``max_tokens`` (the limit
+        then goes as ``max_completion_tokens``) and on ``logprobs`` (then left out: the completion has
+        no log-probabilities, and a judge reading them falls back to its JSON verdict). Either holds for
+        this and every later request. The cache key does not change: it is the same request, named
+        differently on the wire.
         """
         import openai
 
-        if sent != "max_tokens" or not isinstance(exc, openai.BadRequestError):
+        if not isinstance(exc, openai.BadRequestError):
             return False
-        if "max_completion_tokens" not in str(getattr(exc, "message", "") or exc):
-            return False
-        if self.token_param == "max_tokens":
-            log.info("%s (%s) wants max_completion_tokens instead of max_tokens; sending that from now on",
-                     self.base_url, self.model)
-        self.token_param = "max_completion_tokens"
-        return True
+        message = str(getattr(exc, "message", "") or exc)
+        if token_param == "max_tokens" and "max_completion_tokens" in message:
+            if self.token_param == "max_tokens":
+                log.info("%s (%s) wants max_completion_tokens instead of max_tokens; sending that from now on",
+                         self.base_url, self.model)
+            self.token_param = "max_completion_tokens"
+            return True
+        if logprobs and asked_logprobs and "logprobs" in message:
+            if self.logprobs:
+                log.info("%s (%s) refuses logprobs; asking without them from now on", self.base_url, self.model)
+            self.logprobs = False
+            return True
+        return False
 
     def _translate(self, exc: Exception) -> Exception:
         """The teacher's error for an ``openai`` client error; messages are scrubbed of the key."""

@@ -10,7 +10,7 @@ It binds 127.0.0.1 on an ephemeral port and serves ``POST /v1/chat/completions``
   (429 with ``Retry-After`` and ``retry-after-ms``; refused requests do not use the bucket);
 * ``api_key`` makes it check ``Authorization: Bearer ...`` (401 that echoes part of the key, as OpenAI does);
 * ``reasoning_model`` makes it refuse ``max_tokens`` as OpenAI's reasoning models do (400, asking for
-  ``max_completion_tokens``).
+  ``max_completion_tokens``), and ``logprobs`` (400 ``unsupported_parameter``).
 
 Faults are scripted: :meth:`OpenAIServer.script` queues faults for the next requests, and
 :meth:`OpenAIServer.on_prompt` for the next requests whose conversation contains a text. Kinds: 429 with
@@ -215,6 +215,11 @@ class _Handler(BaseHTTPRequestHandler):
                         "Use 'max_completion_tokens' instead.", "invalid_request_error", "unsupported_parameter",
                         param="max_tokens")
             return
+        if owner.reasoning_model and body.get("logprobs"):
+            record.status = 400
+            self._error(400, "Unsupported parameter: 'logprobs' is not supported with this model.",
+                        "invalid_request_error", "unsupported_parameter", param="logprobs")
+            return
         wait = owner._take_rate_token()
         if wait is not None:
             record.status, record.fault = 429, "enforced_rate_limit"
@@ -301,7 +306,7 @@ class OpenAIServer:
         rate_limit_burst: the bucket's size (default: one second's worth, at least 1).
         api_key: the key to demand; ``None``: any.
         hang_s: the longest a hung request is held before its connection drops.
-        reasoning_model: refuse ``max_tokens`` (HTTP 400 ``unsupported_parameter``) and accept only
+        reasoning_model: refuse ``max_tokens`` and ``logprobs`` (HTTP 400 ``unsupported_parameter``) and accept only
             ``max_completion_tokens``, as OpenAI's reasoning models do.
     """
 

@@ -268,3 +268,17 @@ def test_a_reasoning_model_gets_max_completion_tokens_after_its_first_refusal(tm
         assert teacher.stats.retries == 0 and teacher.stats.completions == 4
         # The same request is the same cache entry whichever name the limit travelled under.
         assert teacher.complete(ask(0)).cached and reasoning.requests == 5
+
+
+def test_an_endpoint_that_refuses_logprobs_is_asked_without_them_and_the_judge_falls_back(tmp_path, monkeypatch):
+    from tasks.validate.judge import judge_pair
+
+    with OpenAIServer(reasoning_model=True) as reasoning:
+        teacher = make_teacher(reasoning, tmp_path, monkeypatch)
+        result = judge_pair(teacher, "Name a prime.", "7", "8")
+        assert result["read_as"] == ["verdict", "verdict"] and 0.0 <= result["preference"] <= 1.0
+        refused = [r for r in reasoning.log if r.status == 400]
+        assert [sorted({"max_tokens", "logprobs"} & set(r.body)) for r in refused] == [["logprobs", "max_tokens"],
+                                                                                       ["logprobs"]]
+        assert all("logprobs" not in r.body for r in reasoning.log if r.status == 200)
+        assert teacher.provider.logprobs is False and teacher.stats.retries == 0
