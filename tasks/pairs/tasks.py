@@ -35,10 +35,10 @@ def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsC
     the base model, so a rejected side is what users are being served today.
     """
     from tasks.core.models import resolve_gguf
+    from tasks.core.settings import get_settings
     from tasks.teacher.cache import RequestCache
     from tasks.teacher.llama_cpp import LlamaCppChat
     from tasks.teacher.teacher import Teacher, fresh_stats, get_teacher
-    from tasks.core.settings import get_settings
 
     store = get_store()
     prompts = prompts_from_examples(read_jsonl(store.local_path(train)), config.max_prompts)

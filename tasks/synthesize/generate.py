@@ -7,7 +7,8 @@ the teacher call in :func:`synthesize`.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tasks.core.hashing import sha256_json
 from tasks.core.recipe import SynthesizeConfig, TeacherConfig

@@ -12,7 +12,7 @@ from tasks.core.models import resolve_gguf
 from tasks.core.recipe import load_recipe
 from tasks.core.settings import get_settings
 from tasks.core.store import get_store
-from tasks.package.build import gguf_metadata, quantize_gguf
+from tasks.package.build import gguf_metadata
 from tasks.package.modelfile import modelfile_for
 from tests.fakes.ollama_server import FakeOllamaServer
 
