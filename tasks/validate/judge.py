@@ -38,6 +38,8 @@ LETTER_REQUEST = "Which answer is better? Reply with one letter: A or B."
 TOP_LOGPROBS = 20
 # A pair whose preference is within this of 0.5 counts as a tie in the win/loss counts.
 TIE_MARGIN = 0.05
+# The base judged against itself: every pair a tie.
+BASE_AGAINST_ITSELF = {"win_rate": 0.5, "judge_preference": 0.5}
 
 
 class Verdict(BaseModel):

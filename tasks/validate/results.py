@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.validate.gate import LOWER_IS_BETTER
+from tasks.validate.judge import BASE_AGAINST_ITSELF
 
 # Run-level numbers that are not a comparison on held-out data.
 _CONTEXT = {"examples", "pair_yield", "judge_pairs", "judge_wins", "judge_losses", "judge_ties",
@@ -34,8 +35,7 @@ def model_results(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, floa
         if not gate or "base" not in validate:
             continue
         base = dict(validate["base"])
-        # the base judged against itself: every pair a tie
-        base.update({key: 0.5 for key in ("win_rate", "judge_preference") if key in gate["metrics"]})
+        base.update({key: value for key, value in BASE_AGAINST_ITSELF.items() if key in gate["metrics"]})
         out[label] = {"trained": dict(gate["metrics"]), "base": base}
     return out
 

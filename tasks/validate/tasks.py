@@ -23,7 +23,7 @@ from tasks.core.stage import retry_unless_permanent
 from tasks.core.store import get_store
 from tasks.validate.evaluate import evaluate_gguf
 from tasks.validate.gate import decide_gate
-from tasks.validate.judge import judge_predictions
+from tasks.validate.judge import BASE_AGAINST_ITSELF, judge_predictions
 from tasks.validate.report import plot_comparison, report_markdown
 
 
@@ -94,7 +94,7 @@ def with_context(candidate: dict, base: dict, judge: dict | None, pairs: dict | 
     candidate, base = dict(candidate), dict(base)
     if judge:
         candidate.update({k: v for k, v in judge.items() if k == "win_rate" or k.startswith("judge_")})
-        base.update(win_rate=0.5, judge_preference=0.5)
+        base.update(BASE_AGAINST_ITSELF)
     if pairs and "pair_yield" in pairs:
         candidate["pair_yield"] = pairs["pair_yield"]
     return candidate, base
