@@ -40,7 +40,8 @@ STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "valid
 BEFORE, AFTER = STAGES[:5], STAGES[5:]
 TINY = [
     "synthesize.max_items=1", "teacher.max_tokens=96", "synthesize.source_chars=600",
-    "collect.sources.1.limit=12", "pairs.max_prompts=2", "pairs.max_tokens=48",
+    "collect.sources.1.limit=12", "collect.sources.3.limit=4", "pairs.enabled=true", "train.method=sft+dpo",
+    "pairs.max_prompts=2", "pairs.max_tokens=48",
     "train.sft.max_steps=2", "train.sft.max_seq_len=128", "curate.max_tokens=192", "train.dpo.max_steps=1",
     "validate.max_examples=2", "validate.max_tokens=24",
 ]

@@ -49,6 +49,21 @@ def test_ai_sample_gives_sixty_pairs_with_markdown_bodies_and_tags():
     assert not any("<p>" in p.question or "<p>" in p.answer for p in pairs)
 
 
+def test_ai_sample_continuation_holds_the_next_sixty_seven_pairs_and_stats_qa_reads_both():
+    from tasks.core.recipe import load_recipe
+
+    first, _ = parse_posts_xml(AI, "ai")
+    more, rejected = parse_posts_xml(AI.parent / "more" / "Posts.xml", "ai")
+    assert len(more) == 67 and rejected == []
+    # The same dump's later questions: no question in both, every id above the first file's.
+    newest_first = max(int(p.id.rsplit(":", 1)[1]) for p in first)
+    assert min(int(p.id.rsplit(":", 1)[1]) for p in more) > newest_first
+    paths = [source.path for source in load_recipe("stats-qa").collect.sources]
+    assert str(AI.relative_to(REPO)) in paths and str((AI.parent / "more" / "Posts.xml").relative_to(REPO)) in paths
+    # The folder of the first file is what other readers take whole: the continuation is not in it.
+    assert sorted(AI.parent.glob("Posts*.xml")) == [AI]
+
+
 def test_limit_and_since_filter_the_stream():
     assert len(parse_posts_xml(AI, "ai", limit=5)[0]) == 5
     everything, _ = parse_posts_xml(AI, "ai")
