@@ -4,7 +4,7 @@
 
 The student's base model (the default recipe's, SmolLM2-135M) goes through the package stage's own
 functions: exported as a transformers folder, converted to an f16 GGUF by llama.cpp's converter, then
-quantized by llama.cpp (q8_0 and q4_k_m, the type the default recipe serves). Each GGUF is loaded
+quantized by llama.cpp (q8_0, the type the default recipe serves, and q4_k_m). Each GGUF is loaded
 with llama-cpp-python as the validate stage loads it (n_ctx 2048, all cores) and answers the same
 real Stack Exchange questions (data/sample, ai.stackexchange.com) through its chat template,
 greedy, up to ``--max-tokens`` tokens each, after one warm-up request.

@@ -68,15 +68,16 @@ def test_cold_warm_changed_and_failed_runs(tmp_path, smoke_dag_home):
                               "validate": "completed", "deploy": "completed"}
     assert cold["teacher_calls"] == 0
     assert cold["gate"]["passed"] is True
-    for key in ("dataset", "pairs", "adapter", "gguf_q4_k_m", "report"):
+    for key in ("dataset", "pairs", "adapter", "gguf_q8_0", "report"):
         assert cold["artifacts"][key].startswith("file://")
-    gguf = Path(cold["artifacts"]["gguf_q4_k_m"][len("file://"):])
+    gguf = Path(cold["artifacts"]["gguf_q8_0"][len("file://"):])
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=256, verbose=False)
     assert llm.create_completion("Hello", max_tokens=2)["choices"]
     llm.close()
-    assert gguf.stat().st_size < resolve_gguf("smollm2-135m").stat().st_size * 1.3
+    # Quantized: Q8_0 is ~1.5x the shipped Q4_1 base; an unquantized f16 would be ~2.6x.
+    assert gguf.stat().st_size < resolve_gguf("smollm2-135m").stat().st_size * 1.6
     latest = json.loads((home / "store" / "latest" / "stats-qa.json").read_text())
     assert latest["run_id"] == cold["run_id"]
 

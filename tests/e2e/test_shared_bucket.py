@@ -46,7 +46,7 @@ def test_a_second_machine_sharing_the_bucket_reuses_every_stage(tmp_path):
         code, first, stderr = _run(tmp_path / "machine-a", env)
         assert code == 0, stderr[-3000:]
         assert {s["status"] for s in first["stages"].values()} == {"completed"}
-        assert first["artifacts"]["gguf_q4_k_m"].startswith(f"s3://{bucket}/team/")
+        assert first["artifacts"]["gguf_q8_0"].startswith(f"s3://{bucket}/team/")
         keys = [obj["Key"] for page in s3_client(endpoint).get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix="team/prefect-results/") for obj in page.get("Contents", [])]
         assert keys, "no Prefect results in the bucket"
@@ -55,4 +55,4 @@ def test_a_second_machine_sharing_the_bucket_reuses_every_stage(tmp_path):
         assert code == 0, stderr[-3000:]
     assert {s["status"] for s in second["stages"].values()} == {"cached"}
     assert second["teacher_calls"] == 0
-    assert second["artifacts"]["gguf_q4_k_m"] == first["artifacts"]["gguf_q4_k_m"]
+    assert second["artifacts"]["gguf_q8_0"] == first["artifacts"]["gguf_q8_0"]

@@ -121,7 +121,7 @@ def test_backfill_reexecutes_only_the_failed_stage_and_after(failed_run):
     assert _statuses(summary) == {**dict.fromkeys(BEFORE, "cached"), **dict.fromkeys(AFTER, "completed")}
     assert summary["teacher_calls"] == 0
     assert summary["gate"]["passed"] is True
-    assert Path(summary["artifacts"]["gguf_q4_k_m"].removeprefix("file://")).stat().st_size > 0
+    assert Path(summary["artifacts"]["gguf_q8_0"].removeprefix("file://")).stat().st_size > 0
 
     with sync_client(failed_run.server) as client:
         original = client.read_flow_run(failed_run.flow_run_id)
