@@ -33,8 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.base.export import export_base_model
+from tasks.base.export import converted_gguf
 from tasks.collect.stackexchange import parse_posts_xml
+from tasks.core.models import resolve_gguf
 from tasks.core.settings import get_settings
 from tasks.package.build import quantize_gguf
 from tasks.package.converter import convert_to_gguf, ensure_converter
@@ -56,7 +57,7 @@ def prompts(count: int) -> list[list[dict[str, str]]]:
 
 def build_ggufs(folder: Path) -> dict[str, Path]:
     """f16, q8_0 and q4_k_m GGUFs of the default base model, made as the package stage makes them."""
-    base = export_base_model("smollm2-135m", folder / "base")
+    base = converted_gguf(resolve_gguf("smollm2-135m"))  # the machine-wide cache: converted once
     f16 = convert_to_gguf(base, folder / "model-f16.gguf", ensure_converter(get_settings().llama_cpp_converter_dir))
     out = {"f16": f16}
     for kind in TYPES[1:]:

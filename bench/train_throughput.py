@@ -233,15 +233,12 @@ def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
 
 
 def ensure_model(model_dir: Path | None) -> Path:
-    from tasks.core.settings import get_settings
+    if model_dir:
+        return model_dir
+    from tasks.base.export import converted_gguf
+    from tasks.core.models import resolve_gguf
 
-    folder = model_dir or get_settings().models_dir / "bench-smollm2-135m"
-    if not (folder / "config.json").exists():
-        from tasks.base.export import export_base_model
-
-        print(f"exporting SmolLM2-135M to {folder} (once) ...", file=sys.stderr, flush=True)
-        export_base_model("smollm2-135m", folder)
-    return folder
+    return converted_gguf(resolve_gguf("smollm2-135m"))  # the machine-wide cache: converted once
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
-"""Curate stage: the student's base model (for its tokenizer), limits, dedup and splits, then the
-baselines: the untrained base, and the model now in production when there is one, scored on the
-held-out set before any training (validate compares against them; its own calls are cache hits)."""
+"""Curate stage: the student's base model (and its tokenizer alone, for token counts), limits, dedup and
+splits, then the baselines: the untrained base, and the model now in production when there is one,
+scored on the held-out set before any training (validate compares against them; its own calls are
+cache hits)."""
 
 from prefect import flow
 
@@ -17,7 +18,7 @@ def curate_flow(recipe: Recipe, examples: StageOutput, production: ArtifactRef |
     """``production``: the GGUF the store's ``latest`` pointer names (scored as ``production_baseline``)."""
     base, base_status = run_task(prepare_base_model, base_model=recipe.train.base_model,
                                  trust_remote_code=recipe.train.trust_remote_code)
-    output, status = run_task(curate_dataset, examples=examples["examples"], base_model=base["model"],
+    output, status = run_task(curate_dataset, examples=examples["examples"], tokenizer=base["tokenizer"],
                               config=recipe.curate, recipe_name=recipe.name)
     baseline, baseline_status = run_task(evaluate_model, heldout=output["heldout"], builtin=recipe.train.base_model,
                                          **evaluation_params(recipe))

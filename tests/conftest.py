@@ -34,6 +34,9 @@ def pytest_collection_modifyitems(config, items):
 def distillery_home(tmp_path, monkeypatch):
     """A fresh DISTILLERY_HOME per test, with settings re-read, and Prefect's results inside it.
 
+    Base models converted from GGUF still come from the machine-wide cache (``DISTILLERY_MODEL_CACHE``),
+    as for a user: converted once per machine, not once per state folder.
+
     Prefect reads its settings when first imported, which in a test session happens before
     ``flows/`` can point them at the state folder: without the override, flows run in-process would
     write their task results (the stage cache) to ~/.prefect/storage, where the next test, or the

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     postgres_dsn: SecretStr | None = Field(
         default=None, description="Connection string of the PostgreSQL source (profile-scorer)."
     )
+    model_cache: Path | None = Field(
+        default=None,
+        description="Base models converted from GGUF, shared by every state folder on this machine. "
+        "Default: $XDG_CACHE_HOME/distillery/models (~/.cache/distillery/models).",
+    )
     converter_dir: Path | None = Field(
         default=None,
         description="Folder holding llama.cpp's convert_hf_to_gguf.py. Default: <venv>/share/distillery/llama.cpp.",
@@ -56,8 +61,11 @@ class Settings(BaseSettings):
         return self.state / "cache"
 
     @property
-    def models_dir(self) -> Path:
-        return self.state / "models"
+    def model_cache_dir(self) -> Path:
+        # Outside the state folder: converting a GGUF takes ~50 s on 2 cores and its result depends only
+        # on the file and the transformers release, so every state folder (and test) can share it.
+        xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return (self.model_cache or xdg / "distillery" / "models").expanduser().resolve()
 
     @property
     def work_dir(self) -> Path:

@@ -1,6 +1,6 @@
 """Prefect tasks of the curate stage.
 
-Inputs: synthesized examples and the base model folder (for its tokenizer and chat template).
+Inputs: synthesized examples and the base model's tokenizer folder (token counts, chat template).
 Outputs: ``train`` and ``heldout`` SyntheticExample JSONLs, ``rejected`` with reasons.
 The held-out set is frozen per recipe: an id once held out stays held out (``state/heldout/<recipe>``).
 """
@@ -27,18 +27,17 @@ def _heldout_key(recipe_name: str) -> str:
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def curate_dataset(examples: ArtifactRef, base_model: ArtifactRef, config: CurateConfig,
+def curate_dataset(examples: ArtifactRef, tokenizer: ArtifactRef, config: CurateConfig,
                    recipe_name: str) -> StageOutput:
     """Examples -> train / held-out splits, with every drop counted and explained."""
     from transformers import AutoTokenizer
 
     store = get_store()
     rows = [SyntheticExample.model_validate(r) for r in read_jsonl(store.local_path(examples))]
-    tokenizer = AutoTokenizer.from_pretrained(store.local_path(base_model))
     key = _heldout_key(recipe_name)
     previous = store.read_key(key)
     frozen = set(json.loads(previous)["ids"]) if previous else set()
-    result = curate(rows, tokenizer, config, frozen)
+    result = curate(rows, AutoTokenizer.from_pretrained(store.local_path(tokenizer)), config, frozen)
 
     grown = sorted(frozen | {e.id for e in result.heldout})
     if grown != sorted(frozen):

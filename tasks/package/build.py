@@ -39,12 +39,18 @@ def quantize_gguf(source: Path, target: Path, kind: str) -> Path:
 
 
 def gguf_metadata(path: Path) -> dict[str, str]:
-    """String metadata of a GGUF (chat template, architecture, name...) read with gguf-py."""
-    from gguf import GGUFReader, GGUFValueType
+    """Metadata of a GGUF (chat template, architecture, name...) as llama.cpp reads it, values as strings.
 
-    reader = GGUFReader(str(path))
-    out = {}
-    for name, field in reader.fields.items():
-        if field.types and field.types[0] == GGUFValueType.STRING and len(field.types) == 1:
-            out[name] = bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    return out
+    Read by llama.cpp's loader with the vocabulary only, no context: 0.2 s, where gguf-py's reader
+    takes ~6 s on the 135M model (it parses the 49k-token vocabulary arrays in Python).
+    """
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = LlamaModel(path_model=str(path), params=params, verbose=False)
+    try:
+        return model.metadata()
+    finally:
+        model.close()

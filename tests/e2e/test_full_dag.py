@@ -3,51 +3,24 @@ and a failure injected into one stage. Run as `python -m flows.full` subprocesse
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tasks.core.models import resolve_gguf
-from tests.fakes.prefect_server import user_env
+from tests.e2e.runner import STAGES, run_distill, statuses
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
 
-def run_dag(home: Path, *extra: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
+
+def run_dag(home: Path, *overrides: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
     # Prefect's home and results follow DISTILLERY_HOME, as for a user, so the UI test's worker (which
-    # runs with the same state folder) finds this test's stage results.
-    env = user_env(home, **(env_extra or {}))
-    # The recipe's smoke profile: a tiny sample through every stage.
-    args = [sys.executable, "-m", "flows.full", "--profile", "smoke"]
-    for item in extra:
-        args += ["--set", item]
-    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
-    home.parent.mkdir(parents=True, exist_ok=True)
-    # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
-    # neither hold the test's pipes open nor outlive the test.
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = proc.wait(timeout=1500)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    lines = [line for line in out.read_text().strip().splitlines() if line.strip()]
-    assert lines, f"no output (exit {code}); stderr tail:\n{err.read_text()[-4000:]}"
-    return code, json.loads(lines[-1]), err.read_text()
-
-
-def statuses(summary: dict) -> dict[str, str]:
-    return {name: stage["status"] for name, stage in summary["stages"].items()}
+    # runs with the same state folder) finds this test's stage results. The smoke profile: a tiny sample
+    # through every stage.
+    return run_distill(home, "--profile", "smoke", overrides=overrides, env_extra=env_extra)
 
 
 def test_cold_warm_changed_and_failed_runs(tmp_path, smoke_dag_home):

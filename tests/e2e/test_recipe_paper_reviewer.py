@@ -4,50 +4,19 @@ rating metrics against the human ratings of held-out papers)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fakes.prefect_server import user_env
+from tests.e2e.runner import STAGES, smoke, statuses
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
-
-
-def run_recipe(home: Path, recipe: str, env_extra: dict | None = None) -> tuple[int, dict, str]:
-    env = user_env(home, **(env_extra or {}))
-    env.pop("DISTILLERY_OLLAMA_HOST", None)
-    env.pop("DISTILLERY_STORE_URI", None)
-    args = [sys.executable, "-m", "flows.full", "--recipe", recipe, "--profile", "smoke"]
-    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
-    # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
-    # neither hold the test's pipes open nor outlive the test.
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = proc.wait(timeout=850)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    lines = [line for line in out.read_text().strip().splitlines() if line.strip()]
-    assert lines, f"no output (exit {code}); stderr tail:\n{err.read_text()[-4000:]}"
-    return code, json.loads(lines[-1]), err.read_text()
-
-
-def statuses(summary: dict) -> dict[str, str]:
-    return {name: stage["status"] for name, stage in summary["stages"].items()}
 
 
 def test_paper_reviewer_smoke(tmp_path):
     home = tmp_path / "home"
-    code, summary, stderr = run_recipe(home, "paper-reviewer")
+    code, summary, stderr = smoke(home, "paper-reviewer")
     assert code == 0, f"{summary['stages']}\n{stderr[-3000:]}"
     expected = {s: "completed" for s in STAGES}
     expected["pairs"] = "skipped"  # SFT only

@@ -10,10 +10,7 @@ cache, every artifact in the store (datasets, reports, the GGUF and its metadata
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -21,39 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.runner import STAGES, smoke, statuses
 from tests.fakes.openai_server import OpenAIServer
 from tests.fakes.prefect_server import user_env
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
-
-
-def run_recipe(home: Path, recipe: str, env_extra: dict | None = None,
-               overrides: list[str] = ()) -> tuple[int, dict, str]:
-    env = user_env(home, **(env_extra or {}))
-    env.pop("DISTILLERY_OLLAMA_HOST", None)
-    env.pop("DISTILLERY_STORE_URI", None)
-    args = [sys.executable, "-m", "flows.full", "--recipe", recipe, "--profile", "smoke"]
-    for item in overrides:
-        args += ["--set", item]
-    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
-    # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
-    # neither hold the test's pipes open nor outlive the test.
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = proc.wait(timeout=850)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    lines = [line for line in out.read_text().strip().splitlines() if line.strip()]
-    assert lines, f"no output (exit {code}); stderr tail:\n{err.read_text()[-4000:]}"
-    return code, json.loads(lines[-1]), err.read_text()
-
-
-def statuses(summary: dict) -> dict[str, str]:
-    return {name: stage["status"] for name, stage in summary["stages"].items()}
 
 
 def _admin():
@@ -98,7 +68,7 @@ def test_profile_scorer_smoke(tmp_path, database):
     password, api_key = f"pw-canary-{uuid.uuid4().hex}", f"sk-canary-{uuid.uuid4().hex}"
     dsn = database.replace("postgres@", f"postgres:{password}@", 1)  # trust auth: accepted, never needed
     with OpenAIServer(api_key=api_key) as judge:
-        code, summary, stderr = run_recipe(
+        code, summary, stderr = smoke(
             home, "profile-scorer",
             env_extra={"DISTILLERY_POSTGRES_DSN": dsn, "CANARY_TEACHER_KEY": api_key, "PREFECT_LOGGING_LEVEL": "DEBUG"},
             overrides=["validate.judge=true", "teacher.provider=openai", "teacher.model=fake-judge",

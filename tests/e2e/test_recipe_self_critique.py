@@ -8,65 +8,43 @@ server of tests/fakes (the full profile's teacher is an OpenAI model behind that
 floating-point path (llama.cpp is built for the machine): a DPO-only recipe with no pairs has nothing
 to train. The fake answers every structured request with schema-valid JSON, so the pairs, DPO and the
 judge run on every machine; it gives no log-probabilities a judge could read as a letter, so the
-judge's JSON verdicts are used."""
+judge's JSON verdicts are used.
+
+The same run is the two-machines drill: the artifact store is S3 (moto's S3 server), where Prefect's
+task results live too, so a run from a second, empty state folder (another machine: its own Prefect
+server, its own caches) finds every stage cached and pays the teacher nothing (the fake's request
+counter says what each machine paid)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.fakes.prefect_server import user_env
+from tests.e2e.runner import STAGES, smoke, statuses
+from tests.fakes.openai_server import OpenAIServer
+from tests.fakes.s3 import moto_s3_endpoint, new_bucket, s3_client
 
-pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-STAGES = ["collect", "synthesize", "curate", "pairs", "train", "package", "validate", "deploy"]
-
-
-def run_recipe(home: Path, recipe: str, env_extra: dict | None = None,
-               overrides: list[str] | None = None) -> tuple[int, dict, str]:
-    env = user_env(home, **(env_extra or {}))
-    env.pop("DISTILLERY_OLLAMA_HOST", None)
-    env.pop("DISTILLERY_STORE_URI", None)
-    args = [sys.executable, "-m", "flows.full", "--recipe", recipe, "--profile", "smoke"]
-    for item in overrides or []:
-        args += ["--set", item]
-    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
-    # Files, not pipes, and a session of its own: a Prefect server left behind by a crashed run can
-    # neither hold the test's pipes open nor outlive the test.
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = proc.wait(timeout=850)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    lines = [line for line in out.read_text().strip().splitlines() if line.strip()]
-    assert lines, f"no output (exit {code}); stderr tail:\n{err.read_text()[-4000:]}"
-    return code, json.loads(lines[-1]), err.read_text()
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-def statuses(summary: dict) -> dict[str, str]:
-    return {name: stage["status"] for name, stage in summary["stages"].items()}
+@pytest.mark.timeout(3000)
+def test_self_critique_smoke_and_a_second_machine_sharing_the_bucket(tmp_path):
+    with moto_s3_endpoint() as endpoint, OpenAIServer(api_key="sk-teacher-test") as teacher:
+        bucket = new_bucket(endpoint, "distillery-shared")
+        env = {"DISTILLERY_STORE_URI": f"s3://{bucket}/team", "DISTILLERY_S3_ENDPOINT_URL": endpoint,
+               "FAKE_TEACHER_KEY": "sk-teacher-test"}
+        overrides = ["teacher.provider=openai", "teacher.model=fake-teacher", f"teacher.base_url={teacher.base_url}",
+                     "teacher.api_key_env=FAKE_TEACHER_KEY"]
+        code, summary, stderr = smoke(tmp_path / "machine-a", "self-critique", overrides, env)
+        assert code == 0, f"{summary['stages']}\n{stderr[-3000:]}"
+        answered, paid = teacher.completions, teacher.requests
+        keys = [obj["Key"] for page in s3_client(endpoint).get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix="team/prefect-results/") for obj in page.get("Contents", [])]
 
+        code, second, stderr = smoke(tmp_path / "machine-b", "self-critique", overrides, env)
+        assert code == 0, stderr[-3000:]
+        assert teacher.requests == paid, "the second machine called the teacher"
 
-def test_self_critique_smoke(tmp_path):
-    from tests.fakes.openai_server import OpenAIServer
-
-    home = tmp_path / "home"
-    with OpenAIServer(api_key="sk-teacher-test") as teacher:
-        code, summary, stderr = run_recipe(
-            home, "self-critique", env_extra={"FAKE_TEACHER_KEY": "sk-teacher-test"},
-            overrides=["teacher.provider=openai", "teacher.model=fake-teacher",
-                       f"teacher.base_url={teacher.base_url}", "teacher.api_key_env=FAKE_TEACHER_KEY"])
-        answered = teacher.completions
-    assert code == 0, f"{summary['stages']}\n{stderr[-3000:]}"
+    # Machine A: the recipe itself.
     assert answered >= 1 and summary["teacher_calls"] == answered
     assert statuses(summary) == {s: "completed" for s in STAGES}
     pairs = summary["counts"]["pairs"]["pairs"]
@@ -79,3 +57,10 @@ def test_self_critique_smoke(tmp_path):
     judge = summary["counts"]["validate"]["judge"]
     assert judge["judge_wins"] + judge["judge_losses"] + judge["judge_ties"] == judge["judge_pairs"]
     assert 0.0 <= judge["judge_preference"] <= 1.0
+    assert summary["artifacts"]["gguf_q4_k_m"].startswith(f"s3://{bucket}/team/")
+    assert keys, "no Prefect results in the bucket"
+
+    # Machine B: everything from the bucket.
+    assert set(statuses(second).values()) == {"cached"}
+    assert second["teacher_calls"] == 0
+    assert second["artifacts"]["gguf_q4_k_m"] == summary["artifacts"]["gguf_q4_k_m"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.models import resolve_gguf
+from tasks.package.build import gguf_metadata
 from tasks.package.modelfile import modelfile_for
 from tasks.package.tasks import smoke_generate
 
@@ -12,10 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_generation_stops_at_the_modelfiles_stop_token_and_a_wrong_stop_list_is_caught():
-    from transformers import AutoTokenizer
-
     gguf = resolve_gguf("smollm2-135m")
-    chat_template = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).chat_template
+    chat_template = gguf_metadata(gguf)["tokenizer.chat_template"]
     spec = modelfile_for(chat_template, gguf.name, "You are helpful.", 0.2, 2048, 512, 1.0)
     smoke = smoke_generate(gguf, spec.system, spec.stops)
     assert smoke["stop_token"] == "<|im_end|>" and smoke["golden_prompts"] == 2
