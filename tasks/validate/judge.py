@@ -19,7 +19,8 @@ rules are pure.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -39,7 +40,7 @@ TOP_LOGPROBS = 20
 # A pair whose preference is within this of 0.5 counts as a tie in the win/loss counts.
 TIE_MARGIN = 0.05
 # The base judged against itself: every pair a tie.
-BASE_AGAINST_ITSELF = {"win_rate": 0.5, "judge_preference": 0.5}
+BASE_AGAINST_ITSELF: Mapping[str, float] = MappingProxyType({"win_rate": 0.5, "judge_preference": 0.5})
 
 
 class Verdict(BaseModel):
