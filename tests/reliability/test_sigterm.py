@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import psutil
 import pytest
 
 from tests.fakes.openai_server import Fault, OpenAIServer
-from tests.fakes.prefect_server import user_env
+from tests.fakes.prefect_server import start_process, tail, user_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -35,14 +34,14 @@ def test_sigterm_mid_stage_exits_cleanly_and_marks_the_run_crashed(tmp_path):
         args = [sys.executable, "-m", "flows.full", "--recipe", "self-critique", "--profile", "smoke"]
         for override in overrides:
             args += ["--set", override]
-        proc = subprocess.Popen(args, cwd=REPO, env=user_env(home, FAKE_TEACHER_KEY="sk-test-key"),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        log = tmp_path / "run.log"  # a file, not a pipe: nothing reads a pipe while the test waits
+        proc = start_process(args, user_env(home, FAKE_TEACHER_KEY="sk-test-key"), log)
         try:
-            assert server.wait_for_requests(2, timeout=400), "the run never reached the teacher"
+            assert server.wait_for_requests(2, timeout=400), f"the run never reached the teacher:\n{tail(log)}"
             children = psutil.Process(proc.pid).children(recursive=True)
             assert any("uvicorn" in " ".join(c.cmdline()) for c in children), "no temporary Prefect server seen"
             proc.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` does
-            out, _ = proc.communicate(timeout=120)  # the held request never ends: waiting for it times out
+            proc.wait(timeout=120)  # the held request never ends: waiting for it times out
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)  # the flow and whatever it started
@@ -50,7 +49,7 @@ def test_sigterm_mid_stage_exits_cleanly_and_marks_the_run_crashed(tmp_path):
     _, alive = psutil.wait_procs(children, timeout=30)
     for child in alive:  # what an unhandled SIGTERM leaves behind, not to outlive the test
         child.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM, tail(log)
     assert not alive, f"left running after SIGTERM: {[' '.join(c.cmdline()) for c in alive]}"
     database = next(home.rglob("prefect.db"))
     with sqlite3.connect(database) as db:
