@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 # llama.cpp file types (llama.h: enum llama_ftype) by the names recipes use.
@@ -32,7 +33,16 @@ def quantize_gguf(source: Path, target: Path, kind: str) -> Path:
         raise ValueError(f"unknown quantization {kind!r}; known: {', '.join(FTYPES)}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[kind]
-    code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    # llama.cpp warns once per tensor whose rows do not fit the type's block (2 lines each: 360 on the
+    # 135M model, whose 576-wide rows are not a multiple of 256), and inside a flow every printed line
+    # becomes a Prefect log record; errors still print.
+    llama_logger = logging.getLogger("llama-cpp-python")
+    level = llama_logger.level
+    llama_logger.setLevel(logging.ERROR)
+    try:
+        code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    finally:
+        llama_logger.setLevel(level)
     if code != 0 or not target.exists():
         raise RuntimeError(f"llama_model_quantize to {kind} failed with code {code}")
     return target
