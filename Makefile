@@ -22,11 +22,14 @@ run: install
 	$(PY) -m flows.full $(ARGS)
 
 # Everything: unit, integration, and the whole DAG end to end for every recipe (smoke profiles).
+# Two pytest workers, each running whole test files (tests/conftest.py): a DAG run keeps ~1.2 of 2 cores
+# busy, so two overlap (README, Tests). TEST_WORKERS=0: in one process, one test at a time.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not e2e" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/cold_warm.py

@@ -30,6 +30,28 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+# Under `make test` (pytest -n 2), a test file runs whole on one worker, so its module-scoped fixtures
+# (a failed run, a trained adapter, a server) are built once; these files share a session fixture's
+# state folder as well (smoke_dag_home) and run on one worker, in this order.
+SAME_WORKER = {"tests/e2e/test_full_dag.py": "smoke-dag", "tests/e2e/test_ui_manual_run.py": "smoke-dag"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by file, with the files of SAME_WORKER in one unit (xdist's own
+    ``--dist loadgroup`` does not group on pytest 9: the group suffix it writes to ``_nodeid`` is lost)."""
+    if config.getvalue("dist") != "load":  # an explicit --dist is the caller's choice
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return SAME_WORKER.get(path, path)
+
+    return FileScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def distillery_home(tmp_path, monkeypatch):
     """A fresh DISTILLERY_HOME per test, with settings re-read, and Prefect's results inside it.
