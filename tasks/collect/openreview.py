@@ -379,7 +379,7 @@ def _require_invitation(client: Any, invitation: str, venue: str, version: str) 
             raise CollectError(f"openreview {version} invitation {invitation}: {exc}") from exc
     except IndexError:  # a 200 with an empty list
         pass
-    except Exception as exc:  # noqa: BLE001 - a failed check is a failed source, named as such
+    except Exception as exc:  # a failed check is a failed source, named as such
         raise CollectError(f"openreview {version} invitation {invitation}: {type(exc).__name__}: {exc}") from exc
     other = "v1" if version == "v2" else "v2"
     raise SourceConfigError(

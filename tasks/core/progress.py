@@ -19,7 +19,7 @@ class Progress:
         self._done = 0
         try:
             from prefect.artifacts import create_progress_artifact
-            from prefect.context import TaskRunContext, FlowRunContext
+            from prefect.context import FlowRunContext, TaskRunContext
 
             if TaskRunContext.get() or FlowRunContext.get():
                 self._artifact = create_progress_artifact(progress=0.0, description=description)

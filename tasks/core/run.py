@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tasks.core.stage import StageRunner
@@ -14,7 +14,7 @@ MODEL_STAGES = STAGES[2:]
 
 
 def make_run_id(recipe: str, flow_run_id: str | None) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{recipe}-{stamp}-{(flow_run_id or 'local')[:8]}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 # Text in a source that tries to steer the model reading it. Flagged and kept out of training.
 INJECTION_PATTERNS = [

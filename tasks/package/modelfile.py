@@ -66,7 +66,7 @@ def render_modelfile_template(template: str, system: str, messages: list[dict[st
     def render(fragment: str, scope: dict) -> str:
         out = ""
         pos = 0
-        token = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
+        token = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
         while True:
             match = token.search(fragment, pos)
             if not match:

@@ -1,7 +1,5 @@
 """The disk fills during an artifact write: a clear error, nothing partial published (case 12)."""
 
-import resource
-import signal
 import subprocess
 import sys
 import textwrap

@@ -29,7 +29,7 @@ def test_every_torch_load_is_weights_only():
 
 
 def test_no_pickle_modules_in_product_code():
-    pattern = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib)\b", re.M)
+    pattern = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib)\b", re.MULTILINE)
     offenders = [str(p) for p in PRODUCT if pattern.search(p.read_text())]
     assert offenders == []
 
@@ -48,12 +48,13 @@ def test_weights_are_saved_as_safetensors():
 
 
 def test_prefect_results_are_json():
-    from tasks.core.settings import configure_prefect_environment
     import os
+
+    from tasks.core.settings import configure_prefect_environment
 
     configure_prefect_environment()
     assert os.environ["PREFECT_RESULTS_DEFAULT_SERIALIZER"] == "json"
     for path in (ROOT / "tasks").rglob("tasks.py"):
         text = path.read_text()
-        for match in re.finditer(r"@task\((.*?)\)\ndef", text, re.S):
+        for match in re.finditer(r"@task\((.*?)\)\ndef", text, re.DOTALL):
             assert 'result_serializer="json"' in match.group(1), f"{path}: a task persists results without JSON"

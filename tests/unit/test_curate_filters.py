@@ -2,8 +2,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.curate.filters import (has_injection, is_degenerate, is_refusal, latin_share, leaks,
-                                  near_duplicate_groups, normalize, quality_problem, split_of)
+from tasks.curate.filters import (
+    has_injection,
+    is_degenerate,
+    is_refusal,
+    latin_share,
+    leaks,
+    near_duplicate_groups,
+    normalize,
+    quality_problem,
+    split_of,
+)
 
 
 @pytest.mark.parametrize("text", [

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from tasks.validate.metrics import json_valid, mean, mean_absolute_error, pearson, percentile, rouge_l, spearman
+from tasks.validate.metrics import (
+    json_valid,
+    mean,
+    mean_absolute_error,
+    pearson,
+    percentile,
+    rouge_l,
+    spearman,
+)
 
 
 def test_rouge_l_by_hand():
