@@ -44,6 +44,10 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadFileScheduling
 
+    # Files in collection order, so the end-to-end ones (the longest) start first; xdist's default puts
+    # the files with the most tests first, which left two 10-minute DAG files for the end.
+    config.option.loadscopereorder = False
+
     class FileScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = super()._split_scope(nodeid)
