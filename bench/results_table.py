@@ -6,7 +6,8 @@
 Every number comes from the validate stage of the run whose summary is read: the served GGUF and the
 untrained base, both scored on the recipe's frozen held-out set. The primary metric of a recipe is the
 first of its gate's ``beat_base`` metrics (ROUGE-L when it has none); ``win_rate`` has no base value of
-its own: it is the trained model's share of the teacher's pairwise verdicts against the base (ties half).
+its own: it is the trained model's share of the judge's pair decisions against the base (ties half), and
+``judge_grade`` is each model's mean grade from the same judge.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 LOWER_IS_BETTER = {"rating_mae", "perplexity", "latency_p50_s", "latency_p95_s"}
 SHOWN = ["rouge_l", "perplexity", "rating_mae", "rating_pearson", "json_valid", "format_followed",
-         "profile_score_avg", "profile_label_pearson", "win_rate", "pair_yield"]
+         "profile_score_avg", "profile_label_pearson", "win_rate", "judge_grade", "pair_yield"]
 
 
 def _rows(summary: dict, command: str) -> list[dict]:
@@ -39,6 +40,10 @@ def _rows(summary: dict, command: str) -> list[dict]:
                          "examples": 0, "gate": failed, "run_id": branch["run_id"], "command": command})
             continue
         trained, base = validate["candidate"], validate["base"]
+        judge = validate.get("judge") or {}
+        if "judge_grade_candidate" in judge:
+            trained = {**trained, "judge_grade": judge["judge_grade_candidate"]}
+            base = {**base, "judge_grade": judge["judge_grade_base"]}
         metrics = branch["gate"]["metrics"]
         rows.append({
             "recipe": branch["recipe"], "primary": primary,

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.core.models import BUILTIN_GGUF
+
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "deployments" / "recipes"
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 
@@ -184,7 +186,8 @@ class TeacherConfig(Section):
         default="llama_cpp",
         description="llama_cpp: a local GGUF in-process (no key). openai: any OpenAI-compatible endpoint.")
     model: str = Field(default="smollm2-135m",
-                       description="Model name (openai) or a GGUF path / built-in name (llama_cpp).")
+                       description="Model name (openai) or a GGUF path / built-in name (llama_cpp): "
+                                   + ", ".join(BUILTIN_GGUF) + ".")
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (openai provider).")
     api_key_env: str = Field(default="OPENAI_API_KEY",
                              description="Environment variable (or Prefect Secret block) holding the key.")
@@ -303,7 +306,8 @@ class SageMakerConfig(Section):
 class TrainConfig(Section):
     operational = frozenset({"save_steps"})
 
-    base_model: str = Field(default="smollm2-135m", description="Built-in name, a local HF folder or a GGUF file.")
+    base_model: str = Field(default="smollm2-135m",
+                            description=f"Built-in name ({', '.join(BUILTIN_GGUF)}), a local HF folder or a GGUF file.")
     method: Literal["sft", "dpo", "sft+dpo"] = Field(default="sft+dpo")
     backend: Literal["local", "sagemaker"] = Field(default="local")
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -352,6 +356,11 @@ class ValidateConfig(Section):
     metrics: list[str] = Field(default_factory=lambda: ["rouge_l", "latency_p50_s", "latency_p95_s"])
     gate: GateConfig = Field(default_factory=GateConfig)
     judge: bool = Field(default=False, description="Ask the teacher for a win rate (costs teacher calls).")
+    judge_method: Literal["grade", "compare"] = Field(
+        default="grade",
+        description="How the judge reads a pair: grade (each answer graded alone, P(yes) to 'is this a good answer'; "
+                    "no position bias, what small judges do best) or compare (both answers side by side, in both "
+                    "orders). See tasks/validate/judge.py.")
     scorer: Literal["text", "rating", "persona", "profile"] = Field(
         default="text",
         description="Task metrics computed from the predictions on top of ROUGE-L, perplexity and latency: rating "

@@ -36,6 +36,8 @@ def model_results(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, floa
             continue
         base = dict(validate["base"])
         base.update({key: value for key, value in BASE_AGAINST_ITSELF.items() if key in gate["metrics"]})
+        if "judge_grade_base" in (validate.get("judge") or {}):
+            base["judge_grade"] = validate["judge"]["judge_grade_base"]
         out[label] = {"trained": dict(gate["metrics"]), "base": base}
     return out
 

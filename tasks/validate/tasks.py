@@ -2,7 +2,7 @@
 
 ``evaluate_model``: a GGUF (a stored ref, or a built-in base model) + held-out set -> metrics and
 predictions. Cached per model and data, so the base model's baseline is computed once.
-``judge_against_base``: candidate and base predictions -> the teacher's win rate (position-swapped).
+``judge_against_base``: candidate and base predictions -> the teacher's win rate (``validate.judge_method``).
 ``decide_and_report``: candidate/base/production metrics -> GateDecision, markdown report, chart.
 """
 
@@ -62,7 +62,7 @@ def evaluation_params(recipe: Recipe) -> dict[str, Any]:
       retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def judge_against_base(heldout: ArtifactRef, candidate: ArtifactRef, base: ArtifactRef, config: ValidateConfig,
                        teacher_config: TeacherConfig) -> StageOutput:
-    """The teacher judges candidate vs base predictions on the held-out prompts (both orders): win rate."""
+    """The teacher judges candidate vs base predictions on the held-out prompts: win rate."""
     from tasks.core.progress import Progress
     from tasks.teacher.teacher import fresh_stats, get_teacher
 
@@ -74,7 +74,8 @@ def judge_against_base(heldout: ArtifactRef, candidate: ArtifactRef, base: Artif
     progress = Progress("judge", len(candidate_rows))
     try:
         summary, judgements = judge_predictions(teacher, rows, candidate_rows, base_rows, seed=teacher_config.seed,
-                                                max_repairs=teacher_config.max_repairs, progress=progress)
+                                                max_repairs=teacher_config.max_repairs, progress=progress,
+                                                method=config.judge_method)
     finally:
         progress.close()
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,13 +89,18 @@ def with_context(candidate: dict, base: dict, judge: dict | None, pairs: dict | 
     """Candidate and base metrics with the judge's win rate and the pair yield added.
 
     The base's win rate and mean preference against itself are 0.5 by definition (every pair a tie),
-    so ``beat_base: [win_rate]`` means "the judge does not prefer the base". The pair yield is
+    so ``beat_base: [win_rate]`` means "the judge does not prefer the base". With the ``grade`` method
+    each side also gets ``judge_grade``, the mean grade of its own answers. The pair yield is
     reported, not compared.
     """
     candidate, base = dict(candidate), dict(base)
     if judge:
-        candidate.update({k: v for k, v in judge.items() if k == "win_rate" or k.startswith("judge_")})
+        grades = {side: judge.get(f"judge_grade_{side}") for side in ("candidate", "base")}
+        candidate.update({k: v for k, v in judge.items()
+                          if (k == "win_rate" or k.startswith("judge_")) and not k.startswith("judge_grade_")})
         base.update(BASE_AGAINST_ITSELF)
+        if grades["candidate"] is not None and grades["base"] is not None:
+            candidate["judge_grade"], base["judge_grade"] = grades["candidate"], grades["base"]
     if pairs and "pair_yield" in pairs:
         candidate["pair_yield"] = pairs["pair_yield"]
     return candidate, base

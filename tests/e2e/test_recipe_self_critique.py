@@ -1,14 +1,15 @@
 """self-critique end to end on CPU with the real small model: `python -m flows.full --recipe
 self-critique --profile smoke` (real seed instructions -> teacher responses -> respond/critique/improve
-pairs -> DPO only -> GGUF -> win rate over the base judged by the teacher, both orders).
+pairs -> DPO only -> GGUF -> win rate over the base judged by the teacher, each answer graded alone).
 
 The student is the real SmolLM2-135M through llama.cpp; the teacher is the FAKE OpenAI-compatible
 server of tests/fakes (the full profile's teacher is an OpenAI model behind that protocol). With the
 135M model as its own critic, whether any pair survives depends on its grades, and so on the CPU's
 floating-point path (llama.cpp is built for the machine): a DPO-only recipe with no pairs has nothing
 to train. The fake answers every structured request with schema-valid JSON, so the pairs, DPO and the
-judge run on every machine; it gives no log-probabilities a judge could read as a letter, so the
-judge's JSON verdicts are used.
+judge run on every machine; it gives no log-probabilities a judge could read as yes or no, so the
+judge's JSON verdicts are used. (The quick profile's local judge is tested in
+tests/integration/test_judge_local.py.)
 
 The same run is the two-machines drill: the artifact store is S3 (moto's S3 server), where Prefect's
 task results live too, so a run from a second, empty state folder (another machine: its own Prefect

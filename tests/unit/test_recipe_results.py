@@ -22,6 +22,9 @@ def test_model_results_plain_and_with_variants():
 def test_judged_runs_give_the_base_a_win_rate_of_one_half():
     results = model_results(_run("self-critique", {"win_rate": 0.6}, {"rouge_l": 0.1}))
     assert results["self-critique"]["base"]["win_rate"] == 0.5
+    graded = _run("self-critique", {"win_rate": 0.6, "judge_grade": 0.7}, {"rouge_l": 0.1})
+    graded["counts"]["validate"]["judge"] = {"judge_grade_candidate": 0.7, "judge_grade_base": 0.65}
+    assert model_results(graded)["self-critique"]["base"]["judge_grade"] == 0.65
 
 
 def test_better_knows_the_direction_of_each_metric():

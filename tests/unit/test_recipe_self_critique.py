@@ -16,12 +16,14 @@ from tasks.synthesize.instructions import (
 from tasks.teacher.base import Completion
 from tasks.validate.judge import (
     TIE_MARGIN,
+    grades_preference,
     judge_messages,
     judge_pair,
     judge_predictions,
     judge_summary,
     letter_share,
     side_of,
+    token_share,
     verdict_share,
 )
 from tasks.validate.tasks import with_context
@@ -51,23 +53,28 @@ def test_select_instructions_interleaves_types_and_is_stable():
     assert select_instructions(items, 0) == [] and len(select_instructions(items, 50)) == 10
 
 
-def test_synthesize_instructions_rejects_empty_responses():
+def test_synthesize_instructions_rejects_empty_and_cut_off_responses():
     from tasks.core.recipe import SynthesizeConfig, TeacherConfig
 
     class Teacher:
         name = "fake:t"
 
         def complete(self, request):
-            return Completion(text="" if "empty" in request.messages[-1].content else "An answer.")
+            prompt = request.messages[-1].content
+            return Completion(text="" if "empty" in prompt else "An answer that goes on and",
+                              finish_reason="length" if "long" in prompt else "stop")
 
         def map(self, fn, items, concurrency=None, progress=None):
             return [fn(i) for i in items]
 
-    items = [{"id": "a", "type": "qa", "prompt": "fine"}, {"id": "b", "type": "qa", "prompt": "empty"}]
+    items = [{"id": "a", "type": "qa", "prompt": "fine"}, {"id": "b", "type": "qa", "prompt": "empty"},
+             {"id": "c", "type": "qa", "prompt": "long"}]
     examples, rejected = synthesize_instructions(items, SynthesizeConfig(generator="instructions", max_items=5,
-                                                                         system_prompt="sys"), TeacherConfig(), Teacher())
+                                                                         system_prompt="sys"),
+                                                 TeacherConfig(max_tokens=99), Teacher())
     assert [e.id for e in examples] == ["instruction:a"] and examples[0].metadata["type"] == "qa"
-    assert rejected == [{"item": "b", "reason": "empty response"}]
+    assert sorted(rejected, key=lambda r: r["item"]) == [{"item": "b", "reason": "empty response"},
+                                                         {"item": "c", "reason": "cut off at teacher.max_tokens (99)"}]
 
 
 @pytest.mark.parametrize("top, share", [
@@ -85,13 +92,33 @@ def test_verdict_share_and_side_of():
     assert [side_of(p) for p in (0.9, 0.5 + TIE_MARGIN / 2, 0.5, 0.1)] == ["candidate", "tie", "tie", "base"]
 
 
+def test_token_share_reads_yes_and_no():
+    assert token_share({"Yes": math.log(0.3), " yes": math.log(0.3), "no": math.log(0.2)}, "yes", "no") \
+        == pytest.approx(0.75)
+    assert token_share({"The": math.log(0.5)}, "yes", "no") is None
+
+
+@pytest.mark.parametrize("candidate, base, preference", [
+    (0.9, 0.1, 0.81 / 0.82), (0.1, 0.9, 0.01 / 0.82), (0.6, 0.6, 0.5), (1.0, 1.0, 0.5), (0.0, 0.0, 0.5),
+    (1.0, 0.5, 1.0),
+])
+def test_grades_preference_is_the_chance_the_candidate_is_the_good_one(candidate, base, preference):
+    assert grades_preference(candidate, base) == pytest.approx(preference)
+
+
 def test_judge_summary_counts_leans_within_the_margin_as_ties():
-    summary = judge_summary([1.0, 0.5, 0.75, 0.25, 0.52], position_consistent=2)
+    rows = [{"preference": p, "consistent": c} for p, c in
+            zip([1.0, 0.5, 0.75, 0.25, 0.52], [True, False, True, False, False])]
+    summary = judge_summary(rows)
     assert (summary["judge_wins"], summary["judge_losses"], summary["judge_ties"]) == (2.0, 1.0, 2.0)
     assert summary["win_rate"] == pytest.approx(0.6)
     assert summary["judge_preference"] == pytest.approx(3.02 / 5)
     assert summary["judge_position_consistency"] == 0.4
-    assert math.isnan(judge_summary([], 0)["win_rate"])
+    assert math.isnan(judge_summary([])["win_rate"])
+    graded = judge_summary([{"preference": 0.9, "grade_candidate": 0.8, "grade_base": 0.3},
+                            {"preference": 0.5, "identical": True}])
+    assert graded["judge_grade_candidate"] == 0.8 and graded["judge_grade_base"] == 0.3
+    assert "judge_position_consistency" not in graded and graded["win_rate"] == 0.75
 
 
 def _answer_a(messages):
@@ -136,31 +163,33 @@ class _ProbabilityJudge(_VerdictJudge):
 
 def test_judge_pair_swaps_positions_and_neutralises_position_bias():
     teacher = _VerdictJudge()
-    result = judge_pair(teacher, "Q?", "candidate answer", "base answer")
+    result = judge_pair(teacher, "Q?", "candidate answer", "base answer", method="compare")
     assert result["outcome"] == "tie" and result["preference"] == 0.5 and not result["consistent"]
     assert result["read_as"] == ["verdict", "verdict"]
     assert len(teacher.calls) == 2
     assert "[Answer A]\ncandidate answer" in teacher.calls[0] and "[Answer A]\nbase answer" in teacher.calls[1]
     fair = _VerdictJudge(prefer="candidate answer")
-    assert judge_pair(fair, "Q?", "candidate answer", "base answer")["preference"] == 1.0
+    assert judge_pair(fair, "Q?", "candidate answer", "base answer", method="compare")["preference"] == 1.0
 
 
 def test_judge_pair_reads_a_position_biased_judges_probabilities():
     """Always answering A, the judge still gives the candidate's letter more probability in both orders."""
     judge = _ProbabilityJudge(prefer="candidate answer")
-    result = judge_pair(judge, "Q?", "candidate answer", "base answer")
+    result = judge_pair(judge, "Q?", "candidate answer", "base answer", method="compare")
     assert result["read_as"] == ["probability", "probability"]
     assert result["candidate_first"] == pytest.approx(0.8) and result["base_first"] == pytest.approx(0.4)
     assert result["preference"] == pytest.approx(0.6) and result["outcome"] == "candidate"
     assert not result["consistent"]  # the second order still answers A: position bias, yet a lean
     assert "one letter" in judge.calls[0]
     judge.prefer = "base answer"
-    assert judge_pair(judge, "Q?", "candidate answer", "base answer")["preference"] == pytest.approx(0.4)
+    assert judge_pair(judge, "Q?", "candidate answer", "base answer", method="compare")["preference"] \
+        == pytest.approx(0.4)
 
 
 def test_judge_pair_identical_answers_tie_without_a_call():
     teacher = _VerdictJudge()
-    assert judge_pair(teacher, "Q?", "same  answer", "same answer\n")["outcome"] == "tie"
+    for method in ("grade", "compare"):
+        assert judge_pair(teacher, "Q?", "same  answer", "same answer\n", method=method)["outcome"] == "tie"
     assert teacher.calls == []
 
 
@@ -169,11 +198,58 @@ def test_judge_predictions_pairs_by_id_and_summarises():
                                       {"role": "assistant", "content": "ref"}]} for i in ("a", "b", "c")]
     candidate = [{"id": "a", "prediction": "good"}, {"id": "b", "prediction": "good"}, {"id": "z", "prediction": "x"}]
     base = [{"id": "a", "prediction": "bad"}, {"id": "b", "prediction": "good"}]
-    summary, rows = judge_predictions(_VerdictJudge(prefer="good"), heldout, candidate, base)
+    summary, rows = judge_predictions(_VerdictJudge(prefer="good"), heldout, candidate, base, method="compare")
     assert [r["id"] for r in rows] == ["a", "b"]
     assert summary["judge_wins"] == 1 and summary["judge_ties"] == 1 and summary["win_rate"] == pytest.approx(0.75)
     assert summary["judge_pairs"] == 2 and summary["judge_position_consistency"] == 1.0
     assert "Q" in judge_messages("Q", "x", "y")[-1].content
+
+
+class _GradingJudge:
+    """Grades an answer alone: P(yes) is the number in ``grades`` of the first key the answer contains;
+    with ``logprobs=False`` it gives no probabilities and writes a verdict instead."""
+
+    name = "fake:grader"
+
+    def __init__(self, grades, logprobs=True):
+        self.grades, self.logprobs, self.calls = grades, logprobs, []
+
+    def _grade(self, messages):
+        text = messages[-1].content
+        self.calls.append(text)
+        assert "Instruction:\nQ?" in text and "[Answer B]" not in text  # one answer, alone
+        return next(g for key, g in self.grades.items() if key in text.split("Answer:\n", 1)[1])
+
+    def complete(self, request):
+        assert request.max_tokens == 1 and "yes or no" in request.messages[-1].content
+        if not self.logprobs:
+            return Completion(text="yes")
+        p = self._grade(request.messages)
+        return Completion(text="yes", top_logprobs=({"yes": math.log(p), "no": math.log(1 - p),
+                                                     "The": math.log(0.001)},))
+
+    def structured(self, messages, output, **_):
+        assert not self.logprobs, "a judge that gives probabilities is not asked for a verdict"
+        return output(reason="r", good="yes" if self._grade(messages) > 0.5 else "no"), None
+
+    def map(self, fn, items, concurrency=None, progress=None):
+        return [fn(i) for i in items]
+
+
+def test_judge_pair_grades_each_answer_alone():
+    judge = _GradingJudge({"candidate": 0.8, "base": 0.4})
+    result = judge_pair(judge, "Q?", "candidate answer", "base answer")
+    assert result["grade_candidate"] == pytest.approx(0.8) and result["grade_base"] == pytest.approx(0.4)
+    assert result["preference"] == pytest.approx(0.48 / 0.56) and result["outcome"] == "candidate"
+    assert result["read_as"] == ["probability", "probability"] and len(judge.calls) == 2
+    assert judge_pair(_GradingJudge({"candidate": 0.3, "base": 0.3}), "Q?", "candidate", "base")["outcome"] == "tie"
+
+
+def test_judge_pair_grades_by_verdict_without_probabilities():
+    judge = _GradingJudge({"candidate": 0.2, "base": 0.9}, logprobs=False)
+    result = judge_pair(judge, "Q?", "candidate answer", "base answer")
+    assert result["read_as"] == ["verdict", "verdict"]
+    assert (result["grade_candidate"], result["grade_base"], result["preference"]) == (0.0, 1.0, 0.0)
 
 
 def test_with_context_adds_win_rate_and_pair_yield():
@@ -183,6 +259,10 @@ def test_with_context_adds_win_rate_and_pair_yield():
                          "pair_yield": 0.4}
     assert base == {"rouge_l": 0.1, "win_rate": 0.5, "judge_preference": 0.5}
     assert with_context({"a": 1}, {"a": 2}, None, None) == ({"a": 1}, {"a": 2})
+    graded = {"win_rate": 0.6, "judge_grade_candidate": 0.7, "judge_grade_base": 0.5}
+    candidate, base = with_context({}, {}, graded, None)
+    assert candidate == {"win_rate": 0.6, "judge_grade": 0.7}
+    assert base == {"win_rate": 0.5, "judge_preference": 0.5, "judge_grade": 0.5}
 
 
 class _LoopTeacher:
