@@ -60,7 +60,10 @@ def synthesize_instructions(instructions: list[dict[str, Any]], config: Synthesi
                             teacher_config: TeacherConfig, teacher: Any,
                             progress: Callable[[int, int], None] | None = None,
                             ) -> tuple[list[SyntheticExample], list[dict[str, str]]]:
-    """The teacher's response (at the teacher's temperature) to up to ``max_items`` instructions."""
+    """The teacher's response (at the teacher's temperature) to up to ``max_items`` instructions.
+
+    A response cut off by ``teacher.max_tokens`` is rejected: trained on, it teaches the student to stop
+    mid-sentence, and as a held-out reference it is not the answer."""
 
     def one(instruction: dict[str, Any]) -> SyntheticExample | dict[str, str]:
         completion = teacher.complete(CompletionRequest(
@@ -68,6 +71,8 @@ def synthesize_instructions(instructions: list[dict[str, Any]], config: Synthesi
             max_tokens=teacher_config.max_tokens, seed=teacher_config.seed))
         if not completion.text.strip():
             return {"item": instruction["id"], "reason": "empty response"}
+        if completion.finish_reason == "length":
+            return {"item": instruction["id"], "reason": f"cut off at teacher.max_tokens ({teacher_config.max_tokens})"}
         return example_from_instruction(instruction, completion.text, config.system_prompt, teacher.name)
 
     examples: list[SyntheticExample] = []
