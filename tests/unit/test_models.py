@@ -79,3 +79,8 @@ def test_builtin_names_and_paths_resolve_and_unknown_ones_are_named(tmp_path):
     assert resolve_gguf(str(local)) == local.resolve()
     with pytest.raises(ModelNotFound, match="not a built-in name .*qwen2.5-coder-1.5b"):
         resolve_gguf("no-such-model")
+
+
+def test_a_model_in_parts_must_name_its_checksum():
+    with pytest.raises(ValueError, match="needs its sha256"):
+        BuiltinModel(packages=("a", "b"), filename="m.gguf", install="pip install m")
