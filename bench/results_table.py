@@ -27,6 +27,7 @@ SHOWN = ["rouge_l", "perplexity", "rating_mae", "rating_pearson", "json_valid", 
 
 def _rows(summary: dict, command: str) -> list[dict]:
     from tasks.core.recipe import load_recipe
+    from tasks.validate.judge import judge_grades
 
     recipe = load_recipe(summary["recipe"])  # the quick profile's gate: the runs tabled are quick-profile runs
     rows = []
@@ -40,10 +41,8 @@ def _rows(summary: dict, command: str) -> list[dict]:
                          "examples": 0, "gate": failed, "run_id": branch["run_id"], "command": command})
             continue
         trained, base = validate["candidate"], validate["base"]
-        judge = validate.get("judge") or {}
-        if "judge_grade_candidate" in judge:
-            trained = {**trained, "judge_grade": judge["judge_grade_candidate"]}
-            base = {**base, "judge_grade": judge["judge_grade_base"]}
+        if grades := judge_grades(validate.get("judge")):
+            trained, base = {**trained, "judge_grade": grades[0]}, {**base, "judge_grade": grades[1]}
         metrics = branch["gate"]["metrics"]
         rows.append({
             "recipe": branch["recipe"], "primary": primary,

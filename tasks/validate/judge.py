@@ -146,6 +146,14 @@ def judge_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
+def judge_grades(judge: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """The (candidate, base) mean grades of a judge summary, or None (no judge, or the compare method)."""
+    judge = judge or {}
+    if "judge_grade_candidate" not in judge or "judge_grade_base" not in judge:
+        return None
+    return judge["judge_grade_candidate"], judge["judge_grade_base"]
+
+
 def prefer_a(teacher: Any, instruction: str, answer_a: str, answer_b: str, seed: int = 0,
              max_repairs: int = 1) -> tuple[float, str]:
     """The judge's preference for answer A and how it was read: ``probability`` or ``verdict``."""
@@ -169,7 +177,7 @@ def grade(teacher: Any, instruction: str, answer: str, seed: int = 0, max_repair
     share = token_share(reply.top_logprobs[0], "yes", "no") if reply.top_logprobs else None
     if share is not None:
         return share, "probability"
-    verdict, _ = teacher.structured(grade_messages(instruction, answer, "Reply in JSON."), Grade, temperature=0.0,
+    verdict, _ = teacher.structured(grade_messages(instruction, answer, VERDICT_REQUEST), Grade, temperature=0.0,
                                     seed=seed, max_repairs=max_repairs)
     return {"yes": 1.0, "no": 0.0}.get(verdict.good if verdict is not None else "", 0.5), "verdict"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.validate.gate import LOWER_IS_BETTER
-from tasks.validate.judge import BASE_AGAINST_ITSELF
+from tasks.validate.judge import BASE_AGAINST_ITSELF, judge_grades
 
 # Run-level numbers that are not a comparison on held-out data.
 _CONTEXT = {"examples", "pair_yield", "judge_pairs", "judge_wins", "judge_losses", "judge_ties",
@@ -36,8 +36,8 @@ def model_results(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, floa
             continue
         base = dict(validate["base"])
         base.update({key: value for key, value in BASE_AGAINST_ITSELF.items() if key in gate["metrics"]})
-        if "judge_grade_base" in (validate.get("judge") or {}):
-            base["judge_grade"] = validate["judge"]["judge_grade_base"]
+        if grades := judge_grades(validate.get("judge")):
+            base["judge_grade"] = grades[1]
         out[label] = {"trained": dict(gate["metrics"]), "base": base}
     return out
 

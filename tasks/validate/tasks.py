@@ -23,7 +23,7 @@ from tasks.core.stage import retry_unless_permanent
 from tasks.core.store import get_store
 from tasks.validate.evaluate import evaluate_gguf
 from tasks.validate.gate import decide_gate
-from tasks.validate.judge import BASE_AGAINST_ITSELF, judge_predictions
+from tasks.validate.judge import BASE_AGAINST_ITSELF, judge_grades, judge_predictions
 from tasks.validate.report import plot_comparison, report_markdown
 
 
@@ -95,12 +95,11 @@ def with_context(candidate: dict, base: dict, judge: dict | None, pairs: dict | 
     """
     candidate, base = dict(candidate), dict(base)
     if judge:
-        grades = {side: judge.get(f"judge_grade_{side}") for side in ("candidate", "base")}
         candidate.update({k: v for k, v in judge.items()
                           if (k == "win_rate" or k.startswith("judge_")) and not k.startswith("judge_grade_")})
         base.update(BASE_AGAINST_ITSELF)
-        if grades["candidate"] is not None and grades["base"] is not None:
-            candidate["judge_grade"], base["judge_grade"] = grades["candidate"], grades["base"]
+        if grades := judge_grades(judge):
+            candidate["judge_grade"], base["judge_grade"] = grades
     if pairs and "pair_yield" in pairs:
         candidate["pair_yield"] = pairs["pair_yield"]
     return candidate, base
