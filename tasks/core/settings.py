@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         default=None,
         description="Folder holding llama.cpp's convert_hf_to_gguf.py. Default: <venv>/share/distillery/llama.cpp.",
     )
+    llama_threads: int | None = Field(
+        default=None, ge=1,
+        description="Threads llama.cpp generates with (teacher, student, judge, validation). Default: the "
+        "physical cores this process may run on.",
+    )
 
     @property
     def state(self) -> Path:
@@ -70,6 +75,18 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         return self.state / "work"
+
+    @property
+    def generation_threads(self) -> int:
+        """``llama_threads``, else the physical cores this process may use. llama-cpp-python's own
+        default is half the logical CPUs: one thread on a 2-core machine without SMT, where two generate
+        1.6x faster with the 1.5B teacher (docs/benchmarks.md, section 6)."""
+        if self.llama_threads:
+            return self.llama_threads
+        import psutil
+
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(psutil.cpu_count(logical=False) or usable, usable))
 
     @property
     def llama_cpp_converter_dir(self) -> Path:

@@ -66,9 +66,9 @@ def smoke_generate(gguf: Path, system: str, stops: list[str], max_tokens: int = 
     logit bias) generation must end at once with ``finish_reason == "stop"`` and nothing of the marker
     in the text.
     """
-    from llama_cpp import Llama
+    from tasks.teacher.llama_cpp import load_gguf
 
-    llm = Llama(model_path=str(gguf), n_ctx=1024, verbose=False, seed=0)
+    llm = load_gguf(gguf, n_ctx=1024)
     stopped = 0
     try:
         eos = llm.token_eos()

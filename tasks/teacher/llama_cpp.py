@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.hashing import sha256_file_cached
+from tasks.core.settings import get_settings
 from tasks.teacher.base import Completion, CompletionRequest, top_logprobs_of
 
 # llama.cpp turns a string's maxLength into nested grammar rules and its parser recurses once per
@@ -26,6 +27,15 @@ GRAMMAR_MAX_REPEAT = 800
 # converter (Ollama's included), so the same schema constrains the served model.
 NUMBER_DECIMALS = 2
 MAX_ENUM_VALUES = 1001
+
+
+def load_gguf(path: Path, n_ctx: int, logits_all: bool = False, n_threads: int | None = None) -> Any:
+    """A GGUF in llama.cpp, quiet and seeded, generating with ``n_threads`` (default: the
+    ``llama_threads`` setting, the physical cores) rather than llama-cpp-python's half of the CPUs."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or get_settings().generation_threads,
+                 verbose=False, seed=0, logits_all=logits_all)
 
 
 def _bounded_values(schema: dict[str, Any]) -> list[int | float] | None:
@@ -119,10 +129,7 @@ class LlamaCppChat:
         """The model; llama-cpp-python gives log-probabilities only from an instance that keeps every
         logit (``logits_all``), which slows every other call, so that one is a second, lazy instance."""
         if (self._scoring_llm if logprobs else self._llm) is None:
-            from llama_cpp import Llama
-
-            llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False,
-                        seed=0, logits_all=logprobs)
+            llm = load_gguf(self.model_path, self.n_ctx, logits_all=logprobs, n_threads=self.n_threads)
             if logprobs:
                 self._scoring_llm = llm
             else:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.teacher.llama_cpp import json_grammar
+from tasks.teacher.llama_cpp import json_grammar, load_gguf
 from tasks.validate.metrics import json_valid, mean, percentile, rouge_l
 from tasks.validate.scoring import task_metrics
 
@@ -43,11 +43,9 @@ def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, r
     ``scorer`` adds the recipe's task metrics (:mod:`tasks.validate.scoring`): rating error and
     correlation, profile agreement, persona format.
     """
-    from llama_cpp import Llama
-
     # Generation runs with serving settings (no logits kept), so latency is what users will see;
     # perplexity gets its own pass with every logit kept.
-    llm = Llama(model_path=str(gguf), n_ctx=2048, verbose=False, seed=0)
+    llm = load_gguf(gguf, n_ctx=2048)
     predictions = []
     try:
         for example in examples:
@@ -71,7 +69,7 @@ def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, r
     finally:
         llm.close()
     if perplexity:
-        logits_llm = Llama(model_path=str(gguf), n_ctx=2048, verbose=False, seed=0, logits_all=True)
+        logits_llm = load_gguf(gguf, n_ctx=2048, logits_all=True)
         try:
             for example, row in zip(examples, predictions):
                 prompt_text = _render_prompt(logits_llm, [dict(m) for m in example["messages"][:-1]])

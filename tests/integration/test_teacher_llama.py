@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import BaseModel, Field
 
@@ -155,3 +157,25 @@ def test_the_longest_enforced_string_limit_decodes_in_a_worker_thread(gguf):
     finally:
         llm.close()
     assert out["choices"][0]["message"]["content"].startswith("{")
+
+
+def test_models_generate_on_every_physical_core_unless_told_otherwise(gguf, home, monkeypatch):
+    import psutil
+
+    from tasks.teacher.llama_cpp import load_gguf
+
+    physical = min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0)))
+    llm = load_gguf(gguf, n_ctx=256)
+    try:
+        # llama-cpp-python alone would take half the logical CPUs: one thread on a 2-core machine.
+        assert llm.context_params.n_threads == physical == get_settings().generation_threads
+    finally:
+        llm.close()
+    monkeypatch.setenv("DISTILLERY_LLAMA_THREADS", "1")
+    get_settings.cache_clear()
+    chat = LlamaCppChat(gguf, n_ctx=256)
+    try:
+        chat.complete(CompletionRequest(messages=messages(("user", "Hi")), max_tokens=2, temperature=0.0))
+        assert chat._llm.context_params.n_threads == 1
+    finally:
+        chat.close()
