@@ -17,6 +17,17 @@ def _has_cuda() -> bool:
         return False
 
 
+def pytest_configure(config):
+    """Under ``pytest -n N`` the workers share the cores: each worker's llama.cpp models get the
+    physical cores divided among them (one thread each on 2 cores), not all of them each, which would
+    have N models' threads wait on one another's cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "DISTILLERY_LLAMA_THREADS" not in os.environ:
+        import psutil
+
+        os.environ["DISTILLERY_LLAMA_THREADS"] = str(max(1, (psutil.cpu_count(logical=False) or 1) // workers))
+
+
 def pytest_collection_modifyitems(config, items):
     # Whole-DAG tests run several pipelines on 2 CPU cores: the suite-wide 900 s limit is for the rest.
     for item in items:

@@ -164,6 +164,8 @@ def test_models_generate_on_every_physical_core_unless_told_otherwise(gguf, home
 
     from tasks.teacher.llama_cpp import load_gguf
 
+    monkeypatch.delenv("DISTILLERY_LLAMA_THREADS", raising=False)  # tests/conftest.py sets it under -n
+    get_settings.cache_clear()
     physical = min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0)))
     llm = load_gguf(gguf, n_ctx=256)
     try:
