@@ -255,6 +255,16 @@ class CurateConfig(Section):
     split_salt: str = Field(default="distillery-v1", description="Changing it reshuffles every split.")
 
 
+# What the critic checks an answer against and the improver rewrites it to follow, unless a recipe
+# names its own (stats-qa does): general principles of a good answer to an instruction.
+DEFAULT_CONSTITUTION = (
+    "Follow the instruction exactly: do the task it asks, in the form and length it asks for.",
+    "Be correct: no factual, logical or mathematical errors, and nothing invented.",
+    "Be complete: answer every part of the instruction.",
+    "Be clear and concise: no filler, no repetition.",
+)
+
+
 class PairsConfig(Section):
     enabled: bool = Field(default=True, description="Build preference pairs and train DPO on them.")
     max_prompts: int = Field(default=6, ge=0, description="Prompts that go through respond→critique→improve.")
@@ -263,6 +273,9 @@ class PairsConfig(Section):
     max_tokens: int = Field(default=160, ge=8, description="Tokens of the student's response (the critique, the "
                             "improvement and the grades are sized to their schemas' longest JSON).")
     pass_score: float = Field(default=6, description="An evaluation at or above this score succeeds (1-10).")
+    constitution: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CONSTITUTION), min_length=1,
+        description="Principles the critic checks each answer against and the improver rewrites it to follow.")
     on_policy: bool = Field(default=False, description="Take the rejected side from the production model.")
 
 

@@ -13,10 +13,11 @@ from tasks.pairs.rules import decide_pair
 from tasks.teacher.base import ChatMessage, CompletionRequest, messages
 from tasks.teacher.llama_cpp import GRAMMAR_MAX_REPEAT
 
-CRITIC_SYSTEM = ("You are a strict reviewer of answers to statistics and machine-learning questions. "
-                 "List concrete problems (errors, vagueness, missing caveats) and one suggestion.")
-IMPROVER_SYSTEM = ("You rewrite answers to fix every problem a reviewer found. Keep what was right. "
-                   "Reply with the improved answer only, inside the JSON.")
+CRITIC_SYSTEM = ("You are a strict reviewer. Check the answer against each principle of this constitution "
+                 "and list the concrete problems where it falls short, then one suggestion.")
+IMPROVER_SYSTEM = ("You rewrite answers so that they follow every principle of this constitution, fixing every "
+                   "problem a reviewer found. Keep what was right. Reply with the improved answer only, inside "
+                   "the JSON.")
 JUDGE_SYSTEM = ("You grade an answer to a question from 1 (useless or wrong) to 10 (correct, clear, "
                 "complete). Be strict and consistent.")
 
@@ -51,13 +52,20 @@ class PreferencePair(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def critique_messages(question: str, answer: str) -> tuple[ChatMessage, ...]:
-    return messages(("system", CRITIC_SYSTEM), ("user", f"Question:\n{question}\n\nAnswer:\n{answer}"))
+def with_constitution(system: str, constitution: list[str]) -> str:
+    """A critic's or improver's instructions followed by the recipe's principles, numbered."""
+    return system + "\n\nConstitution:\n" + "\n".join(f"{i}. {rule}" for i, rule in enumerate(constitution, 1))
 
 
-def improve_messages(question: str, answer: str, critique: Critique) -> tuple[ChatMessage, ...]:
+def critique_messages(question: str, answer: str, constitution: list[str]) -> tuple[ChatMessage, ...]:
+    return messages(("system", with_constitution(CRITIC_SYSTEM, constitution)),
+                    ("user", f"Question:\n{question}\n\nAnswer:\n{answer}"))
+
+
+def improve_messages(question: str, answer: str, critique: Critique, constitution: list[str]
+                     ) -> tuple[ChatMessage, ...]:
     problems = "\n".join(f"- {p}" for p in critique.problems) or "- (none listed)"
-    return messages(("system", IMPROVER_SYSTEM),
+    return messages(("system", with_constitution(IMPROVER_SYSTEM, constitution)),
                     ("user", f"Question:\n{question}\n\nAnswer:\n{answer}\n\nProblems:\n{problems}\n"
                              f"Suggestion: {critique.suggestion}"))
 
@@ -80,13 +88,13 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
         messages=tuple(ChatMessage(**m) for m in prompt), temperature=config.student_temperature,
         max_tokens=config.max_tokens, seed=teacher_config.seed)).text.strip()
     trace: dict[str, Any] = {"id": item["id"], "type": item.get("type", "qa")}
-    crit, reason = teacher.structured(critique_messages(question, original), Critique,
+    crit, reason = teacher.structured(critique_messages(question, original, config.constitution), Critique,
                                       temperature=config.critique_temperature,
                                       seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
     if crit is None:
         trace.update(decision="no_pair", reason=f"critique invalid: {reason}")
         return None, trace
-    imp, reason = teacher.structured(improve_messages(question, original, crit), Improved,
+    imp, reason = teacher.structured(improve_messages(question, original, crit, config.constitution), Improved,
                                      temperature=config.critique_temperature,
                                      seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
     if imp is None:

@@ -320,3 +320,32 @@ def test_a_degenerate_answer_fails_whatever_its_grade():
     pair, trace = build_pair(item, _Student(), teacher, PairsConfig(), TeacherConfig(), min_chars=20)
     assert trace["decision"] == "chosen_original" and pair.chosen[0]["content"] == "Compare them somehow."
     assert "original_problem" not in trace
+
+
+def test_the_critic_and_the_improver_are_given_the_recipes_constitution():
+    from tasks.core.recipe import DEFAULT_CONSTITUTION, PairsConfig, TeacherConfig, load_recipe
+    from tasks.pairs.build import Critique, Improved, build_pair
+
+    class Recording(_LoopTeacher):
+        def __init__(self):
+            super().__init__()
+            self.systems = {}
+
+        def structured(self, messages, output, **kwargs):
+            self.systems.setdefault(output, messages[0].content)
+            return super().structured(messages, output, **kwargs)
+
+    item = {"id": "q1", "prompt": [{"role": "user", "content": "Write a title for this abstract."}]}
+    rules = ["Answer in one line.", "Never use jargon."]
+    teacher = Recording()
+    build_pair(item, _Student(), teacher, PairsConfig(constitution=rules), TeacherConfig(), min_chars=10)
+    for output in (Critique, Improved):
+        assert "1. Answer in one line.\n2. Never use jargon." in teacher.systems[output]
+        assert "statistics" not in teacher.systems[output]
+    # A recipe that names none gets the general principles; stats-qa names its own.
+    assert PairsConfig().constitution == list(DEFAULT_CONSTITUTION)
+    assert load_recipe("self-critique").pairs.constitution == list(DEFAULT_CONSTITUTION)
+    stats = load_recipe("stats-qa").pairs.constitution
+    assert stats != list(DEFAULT_CONSTITUTION) and any("caveats" in rule for rule in stats)
+    with pytest.raises(ValueError):
+        PairsConfig(constitution=[])
