@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks.core.recipe import load_recipe
 from tests.e2e.runner import STAGES, smoke, statuses
 from tests.fakes.openai_server import OpenAIServer
 from tests.fakes.s3 import moto_s3_endpoint, new_bucket, s3_client
@@ -58,10 +59,11 @@ def test_self_critique_smoke_and_a_second_machine_sharing_the_bucket(tmp_path):
     judge = summary["counts"]["validate"]["judge"]
     assert judge["judge_wins"] + judge["judge_losses"] + judge["judge_ties"] == judge["judge_pairs"]
     assert 0.0 <= judge["judge_preference"] <= 1.0
-    assert summary["artifacts"]["gguf_q4_k_m"].startswith(f"s3://{bucket}/team/")
+    served = f"gguf_{load_recipe('self-critique', profile='smoke').package.serve}"
+    assert summary["artifacts"][served].startswith(f"s3://{bucket}/team/")
     assert keys, "no Prefect results in the bucket"
 
     # Machine B: everything from the bucket.
     assert set(statuses(second).values()) == {"cached"}
     assert second["teacher_calls"] == 0
-    assert second["artifacts"]["gguf_q4_k_m"] == summary["artifacts"]["gguf_q4_k_m"]
+    assert second["artifacts"][served] == summary["artifacts"][served]
