@@ -42,5 +42,6 @@ def test_the_local_judge_grades_the_good_answer_higher_in_either_role(judge, ins
     assert as_candidate["grade_candidate"] > as_candidate["grade_base"]
     assert as_candidate["outcome"] == "candidate" and as_base["outcome"] == "base"
     # Each answer is graded alone, so its grade does not depend on which side it is on, up to llama.cpp's
-    # arithmetic (measured: the same grade request read 0.952, then 0.948).
-    assert as_base["grade_base"] == pytest.approx(as_candidate["grade_candidate"], abs=0.02)
+    # arithmetic: llama-cpp-python re-evaluates only what a prompt does not share with the previous one,
+    # and the same grade request read 0.952, then 0.948 (session 13), and 0.695, then 0.723 (CI, session 14).
+    assert as_base["grade_base"] == pytest.approx(as_candidate["grade_candidate"], abs=0.05)
