@@ -23,9 +23,9 @@ def pytest_configure(config):
     have N models' threads wait on one another's cores."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "DISTILLERY_LLAMA_THREADS" not in os.environ:
-        import psutil
+        from tasks.core.settings import Settings
 
-        os.environ["DISTILLERY_LLAMA_THREADS"] = str(max(1, (psutil.cpu_count(logical=False) or 1) // workers))
+        os.environ["DISTILLERY_LLAMA_THREADS"] = str(max(1, Settings().generation_threads // workers))
 
 
 def pytest_collection_modifyitems(config, items):

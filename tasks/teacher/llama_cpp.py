@@ -151,6 +151,10 @@ class LlamaCppChat:
                 kwargs["stop"] = list(request.stop)
             if request.top_logprobs:
                 kwargs.update(logprobs=True, top_logprobs=request.top_logprobs)
+                # llama-cpp-python re-evaluates only the part of a prompt the previous one did not share,
+                # and the arithmetic of that split moves a probability by up to 0.03: a judge's reading
+                # is made from the whole prompt, so the same request always reads the same.
+                llm.reset()
             start = time.perf_counter()
             out = llm.create_chat_completion(**kwargs)
             latency = time.perf_counter() - start
