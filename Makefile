@@ -36,6 +36,7 @@ bench: install
 	$(PY) bench/teacher_throughput.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/serving.py
+	$(PY) bench/local_threads.py
 
 clean:
 	rm -rf .distillery
