@@ -12,7 +12,7 @@ from typing import Any
 
 from tasks.core.hashing import sha256_file_cached
 from tasks.core.settings import get_settings
-from tasks.teacher.base import Completion, CompletionRequest, top_logprobs_of
+from tasks.teacher.base import Completion, CompletionRequest
 
 # llama.cpp turns a string's maxLength into nested grammar rules and its parser recurses once per
 # character: a maxLength of ~1200 overflows the stack and kills the process (seen with 0.3.36; 800
@@ -103,6 +103,37 @@ def json_grammar(schema: dict[str, Any]) -> Any:
 DECODING = "json-grammar-3"
 
 
+class TopLogprobs:
+    """A llama-cpp-python logits processor that reads, at each generated position, the ``k`` likeliest
+    tokens' log-probabilities (of the model's own distribution, before any sampling setting) and leaves
+    the logits as they are.
+
+    llama-cpp-python's own ``logprobs`` need an instance that keeps the logits of every prompt position
+    (``logits_all``): the vocabulary head runs for each prompt token and they are all stored (for Qwen's
+    152k-token vocabulary, 0.6 MB a token: 1.2 GB for a 2k context). Reading them here, where the
+    sampler sees the last position's logits, needs neither.
+    """
+
+    def __init__(self, llm: Any, k: int):
+        self.llm, self.k = llm, k
+        self.positions: list[dict[str, float]] = []
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        values = logits.astype(np.float64)
+        peak = values.max()
+        log_total = peak + math.log(np.exp(values - peak).sum())
+        k = min(self.k, len(values))
+        top = np.argpartition(-values, k - 1)[:k]
+        alternatives: dict[str, float] = {}
+        for token in top[np.argsort(-values[top], kind="stable")]:
+            text = self.llm.detokenize([int(token)]).decode("utf-8", errors="ignore")
+            alternatives.setdefault(text, float(values[token] - log_total))  # the likelier of two same texts
+        self.positions.append(alternatives)
+        return logits
+
+
 class LlamaCppChat:
     """A GGUF model loaded with llama-cpp-python. Calls are serialized: one context, one thread."""
 
@@ -114,7 +145,6 @@ class LlamaCppChat:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self._llm: Any = None
-        self._scoring_llm: Any = None  # keeps every logit, for requests that ask for log-probabilities
         self._lock = threading.Lock()
 
     @property
@@ -125,20 +155,16 @@ class LlamaCppChat:
         answers constrained by an older grammar are not reused (:data:`DECODING`)."""
         return f"llama_cpp:{sha256_file_cached(self.model_path)[:16]}:{DECODING}"
 
-    def _load(self, logprobs: bool = False) -> Any:
-        """The model; llama-cpp-python gives log-probabilities only from an instance that keeps every
-        logit (``logits_all``), which slows every other call, so that one is a second, lazy instance."""
-        if (self._scoring_llm if logprobs else self._llm) is None:
-            llm = load_gguf(self.model_path, self.n_ctx, logits_all=logprobs, n_threads=self.n_threads)
-            if logprobs:
-                self._scoring_llm = llm
-            else:
-                self._llm = llm
-        return self._scoring_llm if logprobs else self._llm
+    def _load(self) -> Any:
+        if self._llm is None:
+            self._llm = load_gguf(self.model_path, self.n_ctx, n_threads=self.n_threads)
+        return self._llm
 
     def complete(self, request: CompletionRequest) -> Completion:
+        from llama_cpp import LogitsProcessorList
+
         with self._lock:
-            llm = self._load(logprobs=request.top_logprobs > 0)
+            llm = self._load()
             kwargs: dict[str, Any] = {
                 "messages": [m.model_dump() for m in request.messages],
                 "temperature": request.temperature,
@@ -149,8 +175,10 @@ class LlamaCppChat:
                 kwargs["grammar"] = json_grammar(request.json_schema)
             if request.stop:
                 kwargs["stop"] = list(request.stop)
+            reader = None
             if request.top_logprobs:
-                kwargs.update(logprobs=True, top_logprobs=request.top_logprobs)
+                reader = TopLogprobs(llm, request.top_logprobs)
+                kwargs["logits_processor"] = LogitsProcessorList([reader])
                 # llama-cpp-python re-evaluates only the part of a prompt the previous one did not share,
                 # and the arithmetic of that split moves a probability by up to 0.03: a judge's reading
                 # is made from the whole prompt, so the same request always reads the same.
@@ -166,12 +194,12 @@ class LlamaCppChat:
             completion_tokens=usage.get("completion_tokens", 0),
             finish_reason=choice.get("finish_reason"),
             latency_s=latency,
-            top_logprobs=top_logprobs_of((choice.get("logprobs") or {}).get("content")),
+            top_logprobs=tuple(reader.positions[:usage.get("completion_tokens", len(reader.positions))])
+            if reader is not None else (),
         )
 
     def close(self) -> None:
         with self._lock:
-            for llm in (self._llm, self._scoring_llm):
-                if llm is not None:
-                    llm.close()
-            self._llm = self._scoring_llm = None
+            if self._llm is not None:
+                self._llm.close()
+            self._llm = None

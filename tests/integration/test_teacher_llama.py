@@ -12,7 +12,7 @@ from tasks.core.recipe import TeacherConfig
 from tasks.core.settings import get_settings
 from tasks.teacher import teacher as teacher_module
 from tasks.teacher.base import CompletionRequest, messages
-from tasks.teacher.llama_cpp import LlamaCppChat
+from tasks.teacher.llama_cpp import LlamaCppChat, load_gguf
 from tasks.teacher.teacher import Teacher
 
 pytestmark = pytest.mark.integration
@@ -81,6 +81,23 @@ def test_log_probabilities_of_the_first_token_come_from_the_real_model(gguf):
         assert max(first, key=first.get) == scored.text == plain.text  # greedy takes the likeliest token
         assert {"A", "B"} <= set(first) and all(lp <= 0 for lp in first.values())
         assert plain.top_logprobs == ()
+        # The same numbers llama-cpp-python's own log-probabilities give, from an instance that keeps every
+        # position's logits (what LlamaCppChat no longer needs), at each of several positions.
+        longer = chat.complete(CompletionRequest(messages=ask, max_tokens=4, top_logprobs=5))
+        reference = load_gguf(gguf, n_ctx=512, logits_all=True)
+        try:
+            theirs = reference.create_chat_completion(
+                messages=[m.model_dump() for m in ask], max_tokens=4, temperature=0.0, seed=0, logprobs=True,
+                top_logprobs=5)["choices"][0]
+        finally:
+            reference.close()
+        assert longer.text == theirs["message"]["content"]
+        expected = [{alt["token"]: alt["logprob"] for alt in position["top_logprobs"]}
+                    for position in theirs["logprobs"]["content"]]
+        assert len(longer.top_logprobs) == len(expected) == longer.completion_tokens
+        for ours, reference_position in zip(longer.top_logprobs, expected):
+            assert ours.keys() == reference_position.keys()
+            assert all(ours[token] == pytest.approx(lp, abs=1e-4) for token, lp in reference_position.items())
     finally:
         chat.close()
 
