@@ -270,9 +270,11 @@ class PairsConfig(Section):
     max_prompts: int = Field(default=6, ge=0, description="Prompts that go through respond→critique→improve.")
     student_temperature: float = Field(default=0.7, ge=0, le=2)
     critique_temperature: float = Field(default=0.3, ge=0, le=2)
-    max_tokens: int = Field(default=160, ge=8, description="Tokens of the student's response (the critique, the "
-                            "improvement and the grades are sized to their schemas' longest JSON).")
-    pass_score: float = Field(default=6, description="An evaluation at or above this score succeeds (1-10).")
+    max_tokens: int = Field(default=160, ge=8, description="Tokens of the student's response (the critique and "
+                            "the improvement are sized to their schemas' longest JSON).")
+    pass_grade: float = Field(default=0.5, ge=0, le=1,
+                              description="An answer succeeds when the teacher's probability that it is a good "
+                              "answer (validation's grade) is at least this.")
     constitution: list[str] = Field(
         default_factory=lambda: list(DEFAULT_CONSTITUTION), min_length=1,
         description="Principles the critic checks each answer against and the improver rewrites it to follow.")

@@ -12,14 +12,13 @@ from tasks.curate.filters import quality_problem
 from tasks.pairs.rules import decide_pair
 from tasks.teacher.base import ChatMessage, CompletionRequest, messages
 from tasks.teacher.llama_cpp import GRAMMAR_MAX_REPEAT
+from tasks.validate.judge import grade
 
 CRITIC_SYSTEM = ("You are a strict reviewer. Check the answer against each principle of this constitution "
                  "and list the concrete problems where it falls short, then one suggestion.")
 IMPROVER_SYSTEM = ("You rewrite answers so that they follow every principle of this constitution, fixing every "
                    "problem a reviewer found. Keep what was right. Reply with the improved answer only, inside "
                    "the JSON.")
-JUDGE_SYSTEM = ("You grade an answer to a question from 1 (useless or wrong) to 10 (correct, clear, "
-                "complete). Be strict and consistent.")
 
 
 # Length limits are part of the JSON schema, so a grammar-constrained local model cannot ramble and be
@@ -35,11 +34,6 @@ class Critique(BaseModel):
 
 class Improved(BaseModel):
     response: str = Field(description="The improved answer.", max_length=GRAMMAR_MAX_REPEAT)
-
-
-class Evaluation(BaseModel):
-    score: int = Field(description="1 to 10.", ge=1, le=10)
-    reason: str = Field(description="One sentence.", max_length=160)
 
 
 class PreferencePair(BaseModel):
@@ -66,18 +60,19 @@ def improve_messages(question: str, answer: str, critique: Critique, constitutio
                      ) -> tuple[ChatMessage, ...]:
     problems = "\n".join(f"- {p}" for p in critique.problems) or "- (none listed)"
     return messages(("system", with_constitution(IMPROVER_SYSTEM, constitution)),
-                    ("user", f"Question:\n{question}\n\nAnswer:\n{answer}\n\nProblems:\n{problems}\n"
-                             f"Suggestion: {critique.suggestion}"))
-
-
-def judge_messages(question: str, answer: str) -> tuple[ChatMessage, ...]:
-    return messages(("system", JUDGE_SYSTEM), ("user", f"Question:\n{question}\n\nAnswer:\n{answer}"))
+                    ("user", (f"Question:\n{question}\n\nAnswer:\n{answer}\n\nProblems:\n{problems}\n"
+                              f"Suggestion: {critique.suggestion}")))
 
 
 def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsConfig,
                teacher_config: TeacherConfig, min_chars: int) -> tuple[PreferencePair | None, dict[str, Any]]:
     """Run one prompt through the loop. Returns the pair (or None) and a trace for the report.
 
+    Each answer is graded alone by the teacher, as validation's judge grades (:func:`tasks.validate.judge.grade`:
+    the probability it gives "yes" to "is this a good answer to the instruction?", or a JSON yes/no where
+    the provider gives no log-probabilities), and succeeds at ``pass_grade`` or above. It replaced a 1-10
+    score with a reason: Qwen2.5-Coder-1.5B scored all 16 answers of a run 10 (the decision was always
+    "both succeed"), and the reason cost ~45 generated tokens a grade where a reading costs one.
     An answer curate would not train on (degenerate: shorter than ``min_chars`` or looping; a refusal;
     an injection) fails whatever its grade: the 135M teacher graded an "improvement" reading "The term"
     10 of 10, and DPO on that pair taught the model to stop after a few words.
@@ -101,19 +96,19 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
         trace.update(decision="no_pair", reason=f"improvement invalid: {reason}")
         return None, trace
     improved = imp.response.strip()
-    scores, failures = [], {}
+    grades, failures = [], {}
     for side, answer in (("original", original), ("improved", improved)):
-        ev, reason = teacher.structured(judge_messages(question, answer), Evaluation, temperature=0.0,
-                                        seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
-        scores.append(None if ev is None else ev.score)
-        if ev is None:
-            failures[f"{side}_evaluation"] = reason or "invalid output"
+        value, how = grade(teacher, question, answer, seed=teacher_config.seed,
+                           max_repairs=teacher_config.max_repairs)
+        grades.append(None if how == "invalid" else round(value, 4))
+        if how == "invalid":
+            failures[f"{side}_evaluation"] = "the grade's JSON verdict never validated"
     problems = {side: quality_problem(question, answer, min_chars)
                 for side, answer in (("original", original), ("improved", improved))}
-    ok = [False if problems[side] else None if score is None else score >= config.pass_score
-          for side, score in zip(("original", "improved"), scores)]
+    ok = [False if problems[side] else None if value is None else value >= config.pass_grade
+          for side, value in zip(("original", "improved"), grades)]
     decision, why = decide_pair(original, improved, ok[0], ok[1])
-    trace.update(decision=decision, reason=why, original_score=scores[0], improved_score=scores[1], **failures,
+    trace.update(decision=decision, reason=why, original_grade=grades[0], improved_grade=grades[1], **failures,
                  **{f"{side}_problem": problem for side, problem in problems.items() if problem})
     if decision == "no_pair":
         return None, trace
@@ -124,7 +119,7 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
         chosen=[{"role": "assistant", "content": chosen}],
         rejected=[{"role": "assistant", "content": rejected}],
         metadata={"critique": crit.model_dump(), "decision": decision, "reason": why,
-                  "original_score": scores[0], "improved_score": scores[1], "type": item.get("type", "qa")},
+                  "original_grade": grades[0], "improved_grade": grades[1], "type": item.get("type", "qa")},
     )
     return pair, trace
 

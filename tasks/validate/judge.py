@@ -170,7 +170,8 @@ def prefer_a(teacher: Any, instruction: str, answer_a: str, answer_b: str, seed:
 
 def grade(teacher: Any, instruction: str, answer: str, seed: int = 0, max_repairs: int = 1) -> tuple[float, str]:
     """The judge's probability that ``answer`` is a good answer to ``instruction``, and how it was read:
-    ``probability`` (of "yes" out of yes and no) or ``verdict`` (1, 0, or 0.5 for no valid verdict)."""
+    ``probability`` (of "yes" out of yes and no), ``verdict`` (1 or 0), or ``invalid`` (0.5: the JSON
+    verdict never validated)."""
     reply = teacher.complete(CompletionRequest(
         messages=grade_messages(instruction, answer), temperature=0.0, max_tokens=1, seed=seed,
         top_logprobs=TOP_LOGPROBS))
@@ -179,7 +180,9 @@ def grade(teacher: Any, instruction: str, answer: str, seed: int = 0, max_repair
         return share, "probability"
     verdict, _ = teacher.structured(grade_messages(instruction, answer, VERDICT_REQUEST), Grade, temperature=0.0,
                                     seed=seed, max_repairs=max_repairs)
-    return {"yes": 1.0, "no": 0.0}.get(verdict.good if verdict is not None else "", 0.5), "verdict"
+    if verdict is None:
+        return 0.5, "invalid"
+    return {"yes": 1.0, "no": 0.0}[verdict.good], "verdict"
 
 
 def judge_pair(teacher: Any, instruction: str, candidate: str, base: str, seed: int = 0,

@@ -16,6 +16,8 @@ from tasks.synthesize.instructions import (
 from tasks.teacher.base import Completion
 from tasks.validate.judge import (
     TIE_MARGIN,
+    Grade,
+    grade,
     grades_preference,
     judge_messages,
     judge_pair,
@@ -252,6 +254,15 @@ def test_judge_pair_grades_by_verdict_without_probabilities():
     assert (result["grade_candidate"], result["grade_base"], result["preference"]) == (0.0, 1.0, 0.0)
 
 
+def test_a_grade_whose_verdict_never_validates_says_so():
+    class Mute(_GradingJudge):
+        def structured(self, messages, output, **_):
+            return None, "invalid JSON"
+
+    assert grade(Mute({"a": 0.9}, logprobs=False), "Q?", "a") == (0.5, "invalid")
+    assert grade(_GradingJudge({"a": 0.9}, logprobs=False), "Q?", "a") == (1.0, "verdict")
+
+
 def test_with_context_adds_win_rate_and_pair_yield():
     judge = {"win_rate": 0.7, "judge_preference": 0.6, "judge_ties": 2.0, "teacher_calls": 8}
     candidate, base = with_context({"rouge_l": 0.2}, {"rouge_l": 0.1}, judge, {"pair_yield": 0.4})
@@ -266,27 +277,34 @@ def test_with_context_adds_win_rate_and_pair_yield():
 
 
 class _LoopTeacher:
-    """Critiques and improves; grades the original 3 and cannot grade the improvement, or, with
-    ``grades``, gives each answer the grade of the first key it contains."""
+    """Critiques and improves; grades the original 0.3 and writes no valid verdict for the improvement,
+    or, with ``grades``, gives each answer the P(yes) of the first key it contains."""
 
     def __init__(self, improvement="Use a two-sample t-test on the means.", grades=None):
         self.improvement = improvement
         self.grades = grades
 
     def structured(self, messages, output, **_):
-        from tasks.pairs.build import Critique, Evaluation, Improved
+        from tasks.pairs.build import Critique, Improved
 
         if output is Critique:
             return Critique(problems=["too vague"], suggestion="Name the test."), None
         if output is Improved:
             return Improved(response=self.improvement), None
-        assert output is Evaluation
+        assert output is Grade and not self.grades, "a grade read from probabilities needs no verdict"
+        return None, "output cut off at max_tokens"
+
+    def complete(self, request):
+        """A grade request: P(yes) in the first position's alternatives, or none (a verdict follows)."""
+        answer = request.messages[-1].content.split("Answer:\n", 1)[1]
+        assert request.max_tokens == 1 and request.top_logprobs
         if self.grades:
-            return Evaluation(score=next(g for k, g in self.grades.items() if k in messages[-1].content),
-                              reason="r"), None
-        if "t-test" in messages[-1].content:
-            return None, "output cut off at max_tokens"
-        return Evaluation(score=3, reason="Vague."), None
+            p = next(g for k, g in self.grades.items() if k in answer)
+        elif "t-test" in answer:
+            return Completion(text="{")
+        else:
+            p = 0.3
+        return Completion(text="yes" if p >= 0.5 else "no", top_logprobs=({"yes": math.log(p), "no": math.log(1 - p)},))
 
 
 class _Student:
@@ -301,9 +319,31 @@ def test_a_pair_trace_says_why_an_answer_was_not_graded():
     item = {"id": "q1", "prompt": [{"role": "user", "content": "How do I compare two group means?"}]}
     pair, trace = build_pair(item, _Student(), _LoopTeacher(), PairsConfig(), TeacherConfig(), min_chars=10)
     assert pair is None
-    assert trace["original_score"] == 3 and trace["improved_score"] is None
-    assert trace["improved_evaluation"] == "output cut off at max_tokens"
+    assert trace["original_grade"] == pytest.approx(0.3) and trace["improved_grade"] is None
+    assert trace["improved_evaluation"] == "the grade's JSON verdict never validated"
     assert "original_evaluation" not in trace
+
+
+@pytest.mark.parametrize("original, improved, pass_grade, decision", [
+    (0.3, 0.8, 0.5, "chosen_improved"),   # the improvement succeeds where the original fails
+    (0.6, 0.8, 0.5, "chosen_improved"),   # both succeed
+    (0.6, 0.8, 0.7, "chosen_improved"),   # the bar is the recipe's
+    (0.8, 0.6, 0.7, "chosen_original"),   # the improvement made it worse
+    (0.3, 0.4, 0.5, "no_pair"),           # neither succeeds
+])
+def test_pairs_succeed_by_the_teachers_probability_of_yes(original, improved, pass_grade, decision):
+    from tasks.core.recipe import PairsConfig, TeacherConfig
+    from tasks.pairs.build import build_pair
+
+    item = {"id": "q1", "prompt": [{"role": "user", "content": "How do I compare two group means?"}]}
+    teacher = _LoopTeacher(grades={"t-test": improved, "Compare": original})
+    pair, trace = build_pair(item, _Student(), teacher, PairsConfig(pass_grade=pass_grade), TeacherConfig(),
+                             min_chars=10)
+    assert trace["decision"] == decision
+    assert (trace["original_grade"], trace["improved_grade"]) == pytest.approx((original, improved))
+    if pair is not None:
+        assert pair.metadata["original_grade"] == pytest.approx(original)
+        assert pair.metadata["critique"] == {"problems": ["too vague"], "suggestion": "Name the test."}
 
 
 def test_a_degenerate_answer_fails_whatever_its_grade():
@@ -312,11 +352,11 @@ def test_a_degenerate_answer_fails_whatever_its_grade():
     from tasks.pairs.build import build_pair
 
     item = {"id": "q1", "prompt": [{"role": "user", "content": "How do I compare two group means?"}]}
-    teacher = _LoopTeacher(improvement="The term", grades={"The term": 10, "Compare": 3})
+    teacher = _LoopTeacher(improvement="The term", grades={"The term": 0.99, "Compare": 0.3})
     pair, trace = build_pair(item, _Student(), teacher, PairsConfig(), TeacherConfig(), min_chars=20)
     assert pair is None and trace["reason"] == "neither succeeds"
-    assert trace["improved_score"] == 10 and trace["improved_problem"] == "empty or degenerate output"
-    teacher.grades = {"The term": 10, "Compare": 8}  # the original passes: it is chosen over the fragment
+    assert trace["improved_grade"] == pytest.approx(0.99) and trace["improved_problem"] == "empty or degenerate output"
+    teacher.grades = {"The term": 0.99, "Compare": 0.8}  # the original passes: it is chosen over the fragment
     pair, trace = build_pair(item, _Student(), teacher, PairsConfig(), TeacherConfig(), min_chars=20)
     assert trace["decision"] == "chosen_original" and pair.chosen[0]["content"] == "Compare them somehow."
     assert "original_problem" not in trace

@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from tasks.pairs.build import Critique, Evaluation, Improved
+from tasks.pairs.build import Critique, Improved
 from tasks.teacher.llama_cpp import GRAMMAR_MAX_REPEAT, grammar_safe
 from tasks.teacher.worst_case import worst_case_chars
-from tasks.validate.judge import Verdict
+from tasks.validate.judge import Grade, Verdict
 
 
 class Inner(BaseModel):
@@ -33,7 +33,7 @@ def test_the_longest_instance_fits_the_worst_case():
     assert len(text) <= worst < 2 * len(text)
 
 
-@pytest.mark.parametrize("model", [Critique, Improved, Evaluation, Verdict])
+@pytest.mark.parametrize("model", [Critique, Improved, Grade, Verdict])
 def test_the_teachers_own_schemas_are_bounded_within_the_grammar(model):
     """Each is sized to its worst case; a limit above what llama.cpp enforces would leave it unbounded."""
     worst = worst_case_chars(grammar_safe(model.model_json_schema()))
