@@ -37,6 +37,7 @@ bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/serving.py
 	$(PY) bench/local_threads.py
+	$(PY) bench/batched_decode.py
 
 clean:
 	rm -rf .distillery
