@@ -124,6 +124,18 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
     return pair, trace
 
 
+def grade_summary(traces: list[dict[str, Any]]) -> dict[str, float | int]:
+    """How the teacher graded the loop's answers: the mean grade of the originals and of the improvements
+    (over the prompts where both were graded) and in how many the improvement graded lower, a sign that
+    the improver is not improving (the pair rules still choose it when both pass)."""
+    graded = [t for t in traces if t.get("original_grade") is not None and t.get("improved_grade") is not None]
+    if not graded:
+        return {}
+    return {"grade_original_mean": round(sum(t["original_grade"] for t in graded) / len(graded), 4),
+            "grade_improved_mean": round(sum(t["improved_grade"] for t in graded) / len(graded), 4),
+            "improved_graded_lower": sum(t["improved_grade"] < t["original_grade"] for t in graded)}
+
+
 def prompts_from_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """Seed prompts for the loop: the training examples' conversations without the answer."""
     out = []

@@ -19,7 +19,7 @@ from tasks.core.recipe import PairsConfig, TeacherConfig
 from tasks.core.refs import ArtifactRef, StageOutput
 from tasks.core.stage import retry_unless_permanent
 from tasks.core.store import get_store
-from tasks.pairs.build import build_pairs, prompts_from_examples
+from tasks.pairs.build import build_pairs, grade_summary, prompts_from_examples
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retries=1,
@@ -63,7 +63,7 @@ def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsC
     return StageOutput(
         artifacts={"pairs": pairs_ref, "traces": traces_ref},
         counts={"prompts": len(prompts), "pairs": n, "pair_yield": round(n / max(len(prompts), 1), 3),
-                "respondent": name,
+                "respondent": name, **grade_summary(traces),
                 **{f"decision_{k}": v for k, v in decisions.items()}, "student_calls": student.stats.requests,
                 **{f"teacher_{k}": v for k, v in stats.model_dump().items()}},
         teacher_calls=stats.requests,

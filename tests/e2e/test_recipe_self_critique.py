@@ -51,6 +51,8 @@ def test_self_critique_smoke_and_a_second_machine_sharing_the_bucket(tmp_path):
     assert statuses(summary) == {s: "completed" for s in STAGES}
     pairs = summary["counts"]["pairs"]["pairs"]
     assert 1 <= pairs["prompts"] <= 4 and pairs["pairs"] >= 1
+    assert 0 <= pairs["improved_graded_lower"] <= pairs["prompts"]  # how the teacher graded the loop
+    assert 0.0 <= pairs["grade_original_mean"] <= 1.0 and 0.0 <= pairs["grade_improved_mean"] <= 1.0
     train = summary["counts"]["train"]
     assert "sft" not in train and "dpo" in train  # DPO only
     metrics = summary["gate"]["metrics"]

@@ -346,6 +346,16 @@ def test_pairs_succeed_by_the_teachers_probability_of_yes(original, improved, pa
         assert pair.metadata["critique"] == {"problems": ["too vague"], "suggestion": "Name the test."}
 
 
+def test_grade_summary_counts_improvements_the_teacher_graded_lower():
+    from tasks.pairs.build import grade_summary
+
+    traces = [{"original_grade": 0.6, "improved_grade": 0.8}, {"original_grade": 0.8, "improved_grade": 0.5},
+              {"original_grade": 0.7, "improved_grade": None}, {"decision": "no_pair"}]
+    assert grade_summary(traces) == {"grade_original_mean": 0.7, "grade_improved_mean": 0.65,
+                                     "improved_graded_lower": 1}
+    assert grade_summary(traces[2:]) == {}
+
+
 def test_a_degenerate_answer_fails_whatever_its_grade():
     """Seen with the 135M teacher: an "improvement" reading "The term", graded 10, chosen by DPO."""
     from tasks.core.recipe import PairsConfig, TeacherConfig
