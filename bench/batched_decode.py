@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -123,7 +124,7 @@ def main() -> None:
 
     threads = get_settings().generation_threads
     instructions = [row["prompt"] for row in read_jsonl(INSTRUCTIONS)][: max(args.batch)]
-    results: dict = {"machine": {"cpus": len(__import__("os").sched_getaffinity(0)), "threads": threads,
+    results: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "threads": threads,
                                  "processor": platform.processor() or platform.machine()},
                      "max_tokens": args.max_tokens, "models": {}}
     for name in args.models:
