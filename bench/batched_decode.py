@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 from tasks.core.jsonl import read_jsonl
 from tasks.core.models import resolve_gguf
 from tasks.core.settings import get_settings
+from tasks.teacher.llama_cpp import load_gguf
+from tasks.validate.evaluate import render_chat_prompt
 
 INSTRUCTIONS = REPO / "data" / "sample" / "instructions" / "seed_instructions.jsonl"
 CONTEXT_PER_SEQUENCE = 512
@@ -42,22 +44,14 @@ CONTEXT_PER_SEQUENCE = 512
 
 def chat_prompt(llm, instruction: str) -> list[int]:
     """The instruction in the model's own chat template, tokenized (the template the stages use)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    meta = llm.metadata
-    formatter = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"],
-                                    eos_token=llm.detokenize([llm.token_eos()]).decode(),
-                                    bos_token=llm.detokenize([llm.token_bos()]).decode())
-    text = formatter(messages=[{"role": "user", "content": instruction}]).prompt
+    text = render_chat_prompt(llm, [{"role": "user", "content": instruction}])
     return llm.tokenize(text.encode(), add_bos=False, special=True)
 
 
 def measure(gguf: Path, instructions: list[str], batch: int, max_tokens: int, threads: int) -> dict:
     import llama_cpp
-    from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_ctx=CONTEXT_PER_SEQUENCE, n_batch=512, n_threads=threads,
-                n_threads_batch=threads, verbose=False, seed=0)
+    llm = load_gguf(gguf, n_ctx=CONTEXT_PER_SEQUENCE, n_threads=threads)
     try:
         # A second context with room for `batch` sequences (Llama's own is made for one), their KV cache
         # in one buffer.

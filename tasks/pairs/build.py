@@ -100,9 +100,11 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
     for side, answer in (("original", original), ("improved", improved)):
         value, how = grade(teacher, question, answer, seed=teacher_config.seed,
                            max_repairs=teacher_config.max_repairs)
-        grades.append(None if how == "invalid" else round(value, 4))
         if how == "invalid":
+            grades.append(None)
             failures[f"{side}_evaluation"] = "the grade's JSON verdict never validated"
+        else:
+            grades.append(round(value, 4))
     problems = {side: quality_problem(question, answer, min_chars)
                 for side, answer in (("original", original), ("improved", improved))}
     ok = [False if problems[side] else None if value is None else value >= config.pass_grade

@@ -120,16 +120,15 @@ class TopLogprobs:
 
     def __call__(self, input_ids: Any, logits: Any) -> Any:
         import numpy as np
+        from llama_cpp import Llama
 
-        values = logits.astype(np.float64)
-        peak = values.max()
-        log_total = peak + math.log(np.exp(values - peak).sum())
-        k = min(self.k, len(values))
-        top = np.argpartition(-values, k - 1)[:k]
+        logprobs = Llama.logits_to_logprobs(logits)  # what llama-cpp-python's own logprobs are made with
+        k = min(self.k, len(logprobs))
+        top = np.argpartition(-logprobs, k - 1)[:k]
         alternatives: dict[str, float] = {}
-        for token in top[np.argsort(-values[top], kind="stable")]:
+        for token in top[np.argsort(-logprobs[top], kind="stable")]:
             text = self.llm.detokenize([int(token)]).decode("utf-8", errors="ignore")
-            alternatives.setdefault(text, float(values[token] - log_total))  # the likelier of two same texts
+            alternatives.setdefault(text, float(logprobs[token]))  # the likelier of two same texts
         self.positions.append(alternatives)
         return logits
 
@@ -161,8 +160,6 @@ class LlamaCppChat:
         return self._llm
 
     def complete(self, request: CompletionRequest) -> Completion:
-        from llama_cpp import LogitsProcessorList
-
         with self._lock:
             llm = self._load()
             kwargs: dict[str, Any] = {
@@ -177,6 +174,8 @@ class LlamaCppChat:
                 kwargs["stop"] = list(request.stop)
             reader = None
             if request.top_logprobs:
+                from llama_cpp import LogitsProcessorList
+
                 reader = TopLogprobs(llm, request.top_logprobs)
                 kwargs["logits_processor"] = LogitsProcessorList([reader])
                 # llama-cpp-python re-evaluates only the part of a prompt the previous one did not share,
@@ -188,14 +187,15 @@ class LlamaCppChat:
             latency = time.perf_counter() - start
         choice = out["choices"][0]
         usage = out.get("usage") or {}
+        generated = usage.get("completion_tokens", 0)
         return Completion(
             text=choice["message"].get("content") or "",
             prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
+            completion_tokens=generated,
             finish_reason=choice.get("finish_reason"),
             latency_s=latency,
-            top_logprobs=tuple(reader.positions[:usage.get("completion_tokens", len(reader.positions))])
-            if reader is not None else (),
+            # One reading per sampled token; a token sampled and then cut by a stop string is not in the text.
+            top_logprobs=tuple(reader.positions[:generated]) if reader is not None else (),
         )
 
     def close(self) -> None:

@@ -72,7 +72,7 @@ def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, r
         logits_llm = load_gguf(gguf, n_ctx=2048, logits_all=True)
         try:
             for example, row in zip(examples, predictions):
-                prompt_text = _render_prompt(logits_llm, [dict(m) for m in example["messages"][:-1]])
+                prompt_text = render_chat_prompt(logits_llm, [dict(m) for m in example["messages"][:-1]])
                 row["perplexity"] = (reference_perplexity(logits_llm, prompt_text, row["reference"])
                                      if prompt_text else None)
         finally:
@@ -93,7 +93,7 @@ def evaluate_gguf(gguf: Path, examples: list[dict[str, Any]], max_tokens: int, r
     return metrics, predictions
 
 
-def _render_prompt(llm: Any, messages: list[dict[str, str]]) -> str | None:
+def render_chat_prompt(llm: Any, messages: list[dict[str, str]]) -> str | None:
     """The prompt text exactly as the GGUF's chat template renders it, generation prompt included."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
