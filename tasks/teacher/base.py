@@ -138,7 +138,8 @@ class ChatProvider(Protocol):
 
     Providers may also offer ``async def acomplete(request)`` (used by the teacher when present),
     ``cache_scope`` (a string that separates caches of same-named models at different endpoints) and
-    ``close()``, and set ``gates_sends = True`` if they await :data:`SEND_GATE` just before sending.
+    ``close()``, ``max_in_flight`` (requests it serves at once: :meth:`Teacher.map` runs no more), and set
+    ``gates_sends = True`` if they await :data:`SEND_GATE` just before sending.
     They raise :class:`TransientError` for failures worth retrying, :class:`QuotaExhausted`
     for quota errors and :class:`TeacherError` for anything else that is final.
     """

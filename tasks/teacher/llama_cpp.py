@@ -6,6 +6,8 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -133,10 +135,88 @@ class TopLogprobs:
         return logits
 
 
+PREFIX_CHUNK = 64
+
+
+class CanonicalPrefix:
+    """Prompt evaluation that keeps what a new prompt shares with the previous one and still reads the same
+    whatever was asked before it.
+
+    llama-cpp-python keeps the last request's tokens in the context and evaluates only the part of a new
+    prompt they do not share; but where a prompt is cut into evaluation batches changes llama.cpp's
+    arithmetic (Qwen2.5 1.5B: a log-probability by up to 0.19, a judge's grade by up to 0.03), so a
+    reading would depend on the request before it.
+    Here every prompt is cut the same way whatever came before: a chunk ends where a control token (a chat
+    template's message start) begins the next, and after ``chunk`` tokens; only whole chunks the two
+    prompts share are kept, and the rest is evaluated chunk by chunk. A prompt is then evaluated in the
+    same batches from the same state in any request order, or on a fresh instance: the same bits. Chunks
+    of 64 tokens evaluate about as fast as one batch on a CPU (Qwen2.5 1.5B, 2 cores: 63-65 vs 66 prompt
+    tokens/s; 32 tokens: 62).
+    """
+
+    def __init__(self, llm: Any, chunk: int = PREFIX_CHUNK):
+        import llama_cpp
+
+        self.llm, self.chunk = llm, chunk
+        self._eval = llm.eval
+        self._is_control = lambda token: llama_cpp.llama_vocab_is_control(llm._model.vocab, token)
+        self.whole_to = 0  # the context's positions [0, whole_to) hold whole chunks of the last prompt
+        self.armed = False
+        self.kept = self.evaluated = 0  # prompt tokens kept from the previous request, and evaluated
+        llm.eval = self.eval
+
+    def chunk_ends(self, tokens: list[int]) -> list[int]:
+        """Where the chunks of ``tokens`` end; the last one is ``len(tokens)``."""
+        ends, start = [], 0
+        for i in range(1, len(tokens) + 1):
+            if i == len(tokens) or i - start == self.chunk or self._is_control(tokens[i]):
+                ends.append(i)
+                start = i
+        return ends
+
+    def eval(self, tokens: Any) -> None:
+        """llama-cpp-python's ``eval``: a request's prompt (the first call in :meth:`request`) in chunks,
+        every later call (a generated token) as it is."""
+        if not self.armed:
+            return self._eval(tokens)
+        self.armed = False
+        llm = self.llm
+        shared = llm.n_tokens  # the prompt's first tokens llama-cpp-python found in the context
+        prompt = [int(t) for t in llm.input_ids[:shared]] + [int(t) for t in tokens]
+        ends = self.chunk_ends(prompt)
+        # The chunk ending at the prompt's last token is whole only if it ended by length: a longer prompt
+        # would carry it on. A chunk ended by the next token is shared only if that token is (``< shared``).
+        whole = [end for i, end in enumerate(ends)
+                 if end < len(prompt) or end - (ends[i - 1] if i else 0) == self.chunk]
+        keep = max((end for end in whole if end < shared and end <= self.whole_to), default=0)
+        llm.n_tokens = keep
+        self.whole_to = keep  # until the chunks after it are in
+        self.kept += keep
+        self.evaluated += len(prompt) - keep
+        start = keep
+        for end in ends:
+            if end > keep:
+                self._eval(prompt[start:end])
+                start = end
+        self.whole_to = max(whole, default=0)
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Within it, the first evaluation is a request's prompt."""
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+
+
 class LlamaCppChat:
     """A GGUF model loaded with llama-cpp-python. Calls are serialized: one context, one thread."""
 
     provider = "llama_cpp"
+    # More requests in flight would only wait for the one context, in an order that changes how much of
+    # the last prompt is kept (not what is read: CanonicalPrefix).
+    max_in_flight = 1
 
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_threads: int | None = None, model: str | None = None):
         self.model_path = Path(model_path)
@@ -144,6 +224,7 @@ class LlamaCppChat:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self._llm: Any = None
+        self._prefix: CanonicalPrefix | None = None
         self._lock = threading.Lock()
 
     @property
@@ -157,6 +238,7 @@ class LlamaCppChat:
     def _load(self) -> Any:
         if self._llm is None:
             self._llm = load_gguf(self.model_path, self.n_ctx, n_threads=self.n_threads)
+            self._prefix = CanonicalPrefix(self._llm)
         return self._llm
 
     def complete(self, request: CompletionRequest) -> Completion:
@@ -178,12 +260,9 @@ class LlamaCppChat:
 
                 reader = TopLogprobs(llm, request.top_logprobs)
                 kwargs["logits_processor"] = LogitsProcessorList([reader])
-                # llama-cpp-python re-evaluates only the part of a prompt the previous one did not share,
-                # and the arithmetic of that split moves a probability by up to 0.03: a judge's reading
-                # is made from the whole prompt, so the same request always reads the same.
-                llm.reset()
             start = time.perf_counter()
-            out = llm.create_chat_completion(**kwargs)
+            with self._prefix.request():
+                out = llm.create_chat_completion(**kwargs)
             latency = time.perf_counter() - start
         choice = out["choices"][0]
         usage = out.get("usage") or {}

@@ -433,7 +433,8 @@ class Teacher:
 
     def map(self, fn: Callable[[Any], R], items: Sequence[Any], concurrency: int | None = None,
             progress: Callable[[int, int], None] | None = None, desc: str | None = None) -> list[R]:
-        """Apply ``fn`` to every item, ``concurrency`` at a time (default: the teacher's), keeping order.
+        """Apply ``fn`` to every item, ``concurrency`` at a time (default: the teacher's; at most the
+        provider's ``max_in_flight``), keeping order.
 
         ``fn`` runs in worker threads, each in a copy of the caller's context (Prefect's run context
         included), and calls the teacher's synchronous methods. ``progress(done, total)`` is called as
@@ -447,6 +448,7 @@ class Teacher:
         """
         total = len(items)
         workers = max(1, concurrency or self.concurrency)
+        workers = min(workers, getattr(self.provider, "max_in_flight", None) or workers)
         bar = None if progress is not None else GenerationProgress(
             total, desc or f"teacher {self.name}", summary=lambda: self.stats.summary())
         results: dict[int, R] = {}

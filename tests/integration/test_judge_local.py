@@ -3,13 +3,19 @@ a wrong one when it grades each alone: what self-critique's quick profile measur
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tasks.core.models import resolve_gguf
+from tasks.teacher.base import CompletionRequest, messages
 from tasks.teacher.llama_cpp import LlamaCppChat
-from tasks.validate.judge import judge_pair
+from tasks.validate.judge import grade, judge_pair
 
 pytestmark = pytest.mark.integration
+
+SEEDS = Path(__file__).resolve().parents[2] / "data" / "sample" / "instructions" / "seed_instructions.jsonl"
 
 # (instruction, a good answer, a wrong or useless one)
 PAIRS = [
@@ -41,7 +47,30 @@ def test_the_local_judge_grades_the_good_answer_higher_in_either_role(judge, ins
     assert as_candidate["read_as"] == ["probability", "probability"]
     assert as_candidate["grade_candidate"] > as_candidate["grade_base"]
     assert as_candidate["outcome"] == "candidate" and as_base["outcome"] == "base"
-    # Each answer is graded alone, from its whole prompt (LlamaCppChat resets the context for a reading), so
-    # its grade does not depend on which side it is on or on the request before it. Before the reset the
-    # same grade request read 0.952, then 0.948 (session 13), and 0.695, then 0.723 (CI, session 14).
-    assert as_base["grade_base"] == pytest.approx(as_candidate["grade_candidate"], abs=1e-6)
+    # A grade does not depend on which side the answer is on or on the request before it: LlamaCppChat
+    # evaluates every prompt in the same chunks (CanonicalPrefix). With llama-cpp-python's own prefix reuse
+    # the same grade request read 0.952, then 0.948 (session 13), and 0.695, then 0.723 (CI, session 14).
+    assert as_base["grade_base"] == as_candidate["grade_candidate"]
+
+
+def test_a_grade_keeps_the_prompt_it_shares_with_the_last_and_reads_as_on_a_fresh_model(judge):
+    """The second answer to an instruction is graded without evaluating the system turn and the instruction
+    again, and reads exactly what a fresh instance reads (llama-cpp-python's own prefix reuse moved this
+    reading's log-probabilities by up to 0.19: session 16)."""
+    rows = [json.loads(line) for line in SEEDS.read_text().splitlines()]
+    instruction = next(row["prompt"] for row in rows if row["type"] == "response")  # a reviewer's comment
+    good = "We thank the reviewer and will add the missing baselines and an ablation of each component."
+    bad = "It is a kind of cake."
+    judge.complete(CompletionRequest(messages=messages(("user", "Name a colour.")), max_tokens=4))
+    grade(judge, instruction, bad)
+    kept = judge._prefix.kept
+    after_bad, how = grade(judge, instruction, good)
+    assert how == "probability"
+    assert judge._prefix.kept - kept >= 128  # the system turn and at least two chunks of the instruction
+    fresh = LlamaCppChat(resolve_gguf("qwen2.5-coder-1.5b"), n_ctx=1024)
+    try:
+        alone, _ = grade(fresh, instruction, good)
+    finally:
+        fresh.close()
+    assert fresh._prefix is not None and fresh._prefix.kept == 0
+    assert after_bad == alone

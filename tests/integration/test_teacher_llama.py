@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pydantic import BaseModel, Field
@@ -12,7 +14,7 @@ from tasks.core.recipe import TeacherConfig
 from tasks.core.settings import get_settings
 from tasks.teacher import teacher as teacher_module
 from tasks.teacher.base import CompletionRequest, messages
-from tasks.teacher.llama_cpp import LlamaCppChat, load_gguf
+from tasks.teacher.llama_cpp import PREFIX_CHUNK, LlamaCppChat, load_gguf
 from tasks.teacher.teacher import Teacher
 
 pytestmark = pytest.mark.integration
@@ -62,9 +64,14 @@ def test_concurrent_calls_share_one_model_safely(gguf):
         requests = [CompletionRequest(messages=messages(("user", q)), max_tokens=6, temperature=0.0)
                     for q in ("Name a colour.", "Name a fruit.")]
         sequential = [chat.complete(r).text for r in requests]
-        parallel = teacher.map(lambda r: teacher.complete(r).text, requests, concurrency=2, progress=lambda d, t: None)
+        with ThreadPoolExecutor(2) as pool:  # callers on two threads at once: they take turns on the context
+            parallel = list(pool.map(lambda r: teacher.complete(r).text, requests))
         assert parallel == sequential and all(parallel)
         assert teacher.stats.completions == 2
+        # Teacher.map sends one at a time (max_in_flight): a second would only wait for the context.
+        threads = set()
+        teacher.map(lambda r: threads.add(threading.get_ident()), requests, concurrency=2, progress=lambda d, t: None)
+        assert len(threads) == 1
     finally:
         chat.close()
 
@@ -157,7 +164,6 @@ def test_the_longest_enforced_string_limit_decodes_in_a_worker_thread(gguf):
     """llama.cpp's grammar parser recurses once per character of a maxLength (~1200 killed the process):
     the improvement's limit, GRAMMAR_MAX_REPEAT, must parse and decode where teacher calls run, in a
     worker thread."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from llama_cpp import Llama
 
@@ -196,5 +202,25 @@ def test_models_generate_on_every_physical_core_unless_told_otherwise(gguf, home
     try:
         chat.complete(CompletionRequest(messages=messages(("user", "Hi")), max_tokens=2, temperature=0.0))
         assert chat._llm.context_params.n_threads == 1
+    finally:
+        chat.close()
+
+
+def test_prompts_are_cut_into_chunks_at_message_starts_and_every_64_tokens(gguf):
+    """Where CanonicalPrefix cuts a chat prompt: what makes a reading independent of the request before it
+    (tests/integration/test_judge_local.py checks the readings themselves)."""
+    chat = LlamaCppChat(gguf, n_ctx=1024)
+    try:
+        long_question = " ".join(["Why does the validation loss rise while the training loss falls?"] * 20)
+        reply = chat.complete(CompletionRequest(
+            messages=messages(("system", "Answer briefly."), ("user", long_question)), max_tokens=1))
+        llm, prefix = chat._llm, chat._prefix
+        prompt = [int(t) for t in llm.input_ids[:reply.prompt_tokens]]
+        starts = [i for i, token in enumerate(prompt) if llm.detokenize([token], special=True) == b"<|im_start|>"]
+        ends = prefix.chunk_ends(prompt)
+        assert len(starts) == 3 and set(starts[1:]) <= set(ends)  # system, user, the assistant's header
+        assert ends[-1] == len(prompt) and reply.prompt_tokens > 3 * PREFIX_CHUNK
+        assert max(b - a for a, b in zip([0, *ends], ends)) == PREFIX_CHUNK  # the question is cut by length
+        assert prefix.whole_to == ends[-2]  # the assistant's header is not whole: a longer prompt carries it on
     finally:
         chat.close()
