@@ -64,6 +64,94 @@ def improve_messages(question: str, answer: str, critique: Critique, constitutio
                               f"Suggestion: {critique.suggestion}")))
 
 
+class _Prompt:
+    """One prompt's way through the loop."""
+
+    def __init__(self, item: dict[str, Any]):
+        self.item, self.question = item, item["prompt"][-1]["content"]
+        self.trace: dict[str, Any] = {"id": item["id"], "type": item.get("type", "qa")}
+        self.original = self.improved = ""
+        self.critique: Critique | None = None
+        self.grades: list[float | None] = []
+        self.decided = False  # no pair: an invalid critique or improvement
+
+
+def _steps(student: Any, teacher: Any, config: PairsConfig, teacher_config: TeacherConfig
+           ) -> list[tuple[Any, Callable[[_Prompt], _Prompt]]]:
+    """The loop's steps, each with the model it asks: respond (the student), critique, improve, grade."""
+    seed, repairs = teacher_config.seed, teacher_config.max_repairs
+
+    def respond(p: _Prompt) -> _Prompt:
+        p.original = student.complete(CompletionRequest(
+            messages=tuple(ChatMessage(**m) for m in p.item["prompt"]), temperature=config.student_temperature,
+            max_tokens=config.max_tokens, seed=seed)).text.strip()
+        return p
+
+    def critique(p: _Prompt) -> _Prompt:
+        p.critique, reason = teacher.structured(critique_messages(p.question, p.original, config.constitution),
+                                                Critique, temperature=config.critique_temperature, seed=seed,
+                                                max_repairs=repairs)
+        if p.critique is None:
+            p.trace.update(decision="no_pair", reason=f"critique invalid: {reason}")
+            p.decided = True
+        return p
+
+    def improve(p: _Prompt) -> _Prompt:
+        if p.decided:
+            return p
+        imp, reason = teacher.structured(improve_messages(p.question, p.original, p.critique, config.constitution),
+                                         Improved, temperature=config.critique_temperature, seed=seed,
+                                         max_repairs=repairs)
+        if imp is None:
+            p.trace.update(decision="no_pair", reason=f"improvement invalid: {reason}")
+            p.decided = True
+        else:
+            p.improved = imp.response.strip()
+        return p
+
+    def grade_both(p: _Prompt) -> _Prompt:
+        if p.decided:
+            return p
+        for side, answer in (("original", p.original), ("improved", p.improved)):
+            value, how = grade(teacher, p.question, answer, seed=seed, max_repairs=repairs)
+            if how == "invalid":
+                p.grades.append(None)
+                p.trace[f"{side}_evaluation"] = "the grade's JSON verdict never validated"
+            else:
+                p.grades.append(round(value, 4))
+        return p
+
+    return [(student, respond), (teacher, critique), (teacher, improve), (teacher, grade_both)]
+
+
+STEPS = 4  # respond, critique, improve, grade: build_pairs' progress counts each prompt once a step
+
+
+def _decide(p: _Prompt, config: PairsConfig, min_chars: int) -> PreferencePair | None:
+    """The pair rules on the graded answers: the pair, or None (the trace says why)."""
+    if p.decided:
+        return None
+    original, improved = p.original, p.improved
+    problems = {side: quality_problem(p.question, answer, min_chars)
+                for side, answer in (("original", original), ("improved", improved))}
+    ok = [False if problems[side] else None if value is None else value >= config.pass_grade
+          for side, value in zip(("original", "improved"), p.grades)]
+    decision, why = decide_pair(original, improved, ok[0], ok[1])
+    p.trace.update(decision=decision, reason=why, original_grade=p.grades[0], improved_grade=p.grades[1],
+                   **{f"{side}_problem": problem for side, problem in problems.items() if problem})
+    if decision == "no_pair":
+        return None
+    chosen, rejected = (improved, original) if decision == "chosen_improved" else (original, improved)
+    return PreferencePair(
+        id=f"pair:{p.item['id']}",
+        prompt=p.item["prompt"],
+        chosen=[{"role": "assistant", "content": chosen}],
+        rejected=[{"role": "assistant", "content": rejected}],
+        metadata={"critique": p.critique.model_dump(), "decision": decision, "reason": why,
+                  "original_grade": p.grades[0], "improved_grade": p.grades[1], "type": p.item.get("type", "qa")},
+    )
+
+
 def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsConfig,
                teacher_config: TeacherConfig, min_chars: int) -> tuple[PreferencePair | None, dict[str, Any]]:
     """Run one prompt through the loop. Returns the pair (or None) and a trace for the report.
@@ -77,53 +165,10 @@ def build_pair(item: dict[str, Any], student: Any, teacher: Any, config: PairsCo
     an injection) fails whatever its grade: the 135M teacher graded an "improvement" reading "The term"
     10 of 10, and DPO on that pair taught the model to stop after a few words.
     """
-    prompt = item["prompt"]
-    question = prompt[-1]["content"]
-    original = student.complete(CompletionRequest(
-        messages=tuple(ChatMessage(**m) for m in prompt), temperature=config.student_temperature,
-        max_tokens=config.max_tokens, seed=teacher_config.seed)).text.strip()
-    trace: dict[str, Any] = {"id": item["id"], "type": item.get("type", "qa")}
-    crit, reason = teacher.structured(critique_messages(question, original, config.constitution), Critique,
-                                      temperature=config.critique_temperature,
-                                      seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
-    if crit is None:
-        trace.update(decision="no_pair", reason=f"critique invalid: {reason}")
-        return None, trace
-    imp, reason = teacher.structured(improve_messages(question, original, crit, config.constitution), Improved,
-                                     temperature=config.critique_temperature,
-                                     seed=teacher_config.seed, max_repairs=teacher_config.max_repairs)
-    if imp is None:
-        trace.update(decision="no_pair", reason=f"improvement invalid: {reason}")
-        return None, trace
-    improved = imp.response.strip()
-    grades, failures = [], {}
-    for side, answer in (("original", original), ("improved", improved)):
-        value, how = grade(teacher, question, answer, seed=teacher_config.seed,
-                           max_repairs=teacher_config.max_repairs)
-        if how == "invalid":
-            grades.append(None)
-            failures[f"{side}_evaluation"] = "the grade's JSON verdict never validated"
-        else:
-            grades.append(round(value, 4))
-    problems = {side: quality_problem(question, answer, min_chars)
-                for side, answer in (("original", original), ("improved", improved))}
-    ok = [False if problems[side] else None if value is None else value >= config.pass_grade
-          for side, value in zip(("original", "improved"), grades)]
-    decision, why = decide_pair(original, improved, ok[0], ok[1])
-    trace.update(decision=decision, reason=why, original_grade=grades[0], improved_grade=grades[1], **failures,
-                 **{f"{side}_problem": problem for side, problem in problems.items() if problem})
-    if decision == "no_pair":
-        return None, trace
-    chosen, rejected = (improved, original) if decision == "chosen_improved" else (original, improved)
-    pair = PreferencePair(
-        id=f"pair:{item['id']}",
-        prompt=prompt,
-        chosen=[{"role": "assistant", "content": chosen}],
-        rejected=[{"role": "assistant", "content": rejected}],
-        metadata={"critique": crit.model_dump(), "decision": decision, "reason": why,
-                  "original_grade": grades[0], "improved_grade": grades[1], "type": item.get("type", "qa")},
-    )
-    return pair, trace
+    p = _Prompt(item)
+    for _, step in _steps(student, teacher, config, teacher_config):
+        step(p)
+    return _decide(p, config, min_chars), p.trace
 
 
 def grade_summary(traces: list[dict[str, Any]]) -> dict[str, float | int]:
@@ -150,8 +195,19 @@ def prompts_from_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[s
 def build_pairs(prompts: list[dict[str, Any]], student: Any, teacher: Any, config: PairsConfig,
                 teacher_config: TeacherConfig, min_chars: int,
                 progress: Callable[[int, int], None] | None = None) -> tuple[list[PreferencePair], list[dict]]:
-    results = teacher.map(lambda item: build_pair(item, student, teacher, config, teacher_config, min_chars),
-                          prompts, concurrency=1, progress=progress)
-    pairs = [p for p, _ in results if p is not None]
-    traces = [t for _, t in results]
-    return pairs, traces
+    """:func:`build_pair` for every prompt, a step at a time: every answer, then every critique, every
+    improvement, every grade. A step's requests share their system turn (the critic's or the improver's
+    instructions and constitution, the grader's), which a local teacher keeps from one request to the next
+    (``CanonicalPrefix``); and a step's requests go to the teacher ``teacher.concurrency`` at a time.
+    A prompt the teacher's budget stopped before has no pair and no trace."""
+    loop = [_Prompt(item) for item in prompts]
+    for index, (client, step) in enumerate(_steps(student, teacher, config, teacher_config)):
+        def report(done: int, total: int, offset: int = index * len(loop)) -> None:
+            progress(offset + done, STEPS * len(prompts))
+
+        finished = client.map(step, loop, concurrency=teacher_config.concurrency,
+                              progress=report if progress is not None else None)
+        kept = {id(p) for p in finished}
+        loop = [p for p in loop if id(p) in kept]
+    pairs = [_decide(p, config, min_chars) for p in loop]
+    return [pair for pair in pairs if pair is not None], [p.trace for p in loop]

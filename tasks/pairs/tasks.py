@@ -19,7 +19,7 @@ from tasks.core.recipe import PairsConfig, TeacherConfig
 from tasks.core.refs import ArtifactRef, StageOutput
 from tasks.core.stage import retry_unless_permanent
 from tasks.core.store import get_store
-from tasks.pairs.build import build_pairs, grade_summary, prompts_from_examples
+from tasks.pairs.build import STEPS, build_pairs, grade_summary, prompts_from_examples
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json", retries=1,
@@ -48,7 +48,7 @@ def build_preference_pairs(train: ArtifactRef, student_gguf: str, config: PairsC
     name = f"production-{production.sha256[:12]}" if production is not None else student_gguf
     student = Teacher(LlamaCppChat(respondent, n_ctx=teacher_config.n_ctx, model=name),
                       RequestCache(get_settings().cache_dir / "student.sqlite"))
-    progress = Progress("pairs", len(prompts))
+    progress = Progress("pairs", STEPS * len(prompts))
     try:
         pairs, traces = build_pairs(prompts, student, teacher, config, teacher_config, min_chars, progress=progress)
     finally:

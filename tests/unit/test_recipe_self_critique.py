@@ -346,6 +346,50 @@ def test_pairs_succeed_by_the_teachers_probability_of_yes(original, improved, pa
         assert pair.metadata["critique"] == {"problems": ["too vague"], "suggestion": "Name the test."}
 
 
+def test_build_pairs_runs_the_loop_a_step_at_a_time_and_decides_as_build_pair():
+    """Every critique before any improvement, every improvement before any grade: a step's requests share
+    their system turn, which a local teacher keeps between requests."""
+    from tasks.core.recipe import PairsConfig, TeacherConfig
+    from tasks.pairs.build import STEPS, build_pair, build_pairs
+
+    class Recording(_LoopTeacher):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.asked = []
+
+        def structured(self, messages, output, **kwargs):
+            self.asked.append(output.__name__)
+            return super().structured(messages, output, **kwargs)
+
+        def complete(self, request):
+            self.asked.append("grade")
+            return super().complete(request)
+
+        def map(self, fn, items, concurrency=None, progress=None):
+            results = []
+            for done, item in enumerate(items, 1):
+                results.append(fn(item))
+                if progress:
+                    progress(done, len(items))
+            return results
+
+    class Student(_Student):
+        map = Recording.map
+
+    grades = {"t-test": 0.8, "Compare": 0.3}
+    items = [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"How do I compare group means, case {i}?"}]}
+             for i in range(3)]
+    teacher, seen = Recording(grades=grades), []
+    pairs, traces = build_pairs(items, Student(), teacher, PairsConfig(), TeacherConfig(), min_chars=10,
+                                progress=lambda done, total: seen.append((done, total)))
+    assert teacher.asked == ["Critique"] * 3 + ["Improved"] * 3 + ["grade"] * 6
+    assert seen[-1] == (STEPS * 3, STEPS * 3) and [done for done, _ in seen] == list(range(1, STEPS * 3 + 1))
+    one = [build_pair(item, _Student(), _LoopTeacher(grades=grades), PairsConfig(), TeacherConfig(), min_chars=10)
+           for item in items]
+    assert traces == [trace for _, trace in one] and pairs == [pair for pair, _ in one]
+    assert [t["decision"] for t in traces] == ["chosen_improved"] * 3
+
+
 def test_grade_summary_counts_improvements_the_teacher_graded_lower():
     from tasks.pairs.build import grade_summary
 
