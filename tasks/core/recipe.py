@@ -333,6 +333,9 @@ class TrainConfig(Section):
     quantization: Literal["none", "4bit"] = Field(default="none", description="4bit: QLoRA (needs CUDA).")
     continue_from_previous: bool = Field(default=False, description="Start from last published adapter.")
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps.")
+    eval_steps: int | None = Field(default=None, ge=1, description=(
+        "SFT: measure the held-out loss every N steps (default: save_steps) and at the end. Decides the "
+        "adapter: an evaluation draws from torch's generator, which moves the dropout of the steps after it."))
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory (large models).")
     trust_remote_code: bool = False
     sagemaker: SageMakerConfig = Field(default_factory=SageMakerConfig)

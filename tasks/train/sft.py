@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         max_length=opt["max_seq_len"], packing=opt["packing"], save_strategy="steps",
         save_steps=train["save_steps"], save_total_limit=2, logging_steps=1,
         eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=max(1, train["save_steps"]), report_to=[], use_cpu=not torch.cuda.is_available(),
+        eval_steps=train.get("eval_steps") or train["save_steps"], report_to=[], use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, completion_only_loss=True, disable_tqdm=False,
         include_num_input_tokens_seen="non_padding",
         activation_checkpointing=train.get("gradient_checkpointing", False),
