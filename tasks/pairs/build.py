@@ -202,7 +202,7 @@ def build_pairs(prompts: list[dict[str, Any]], student: Any, teacher: Any, confi
     A prompt the teacher's budget stopped before has no pair and no trace."""
     loop = [_Prompt(item) for item in prompts]
     for index, (client, step) in enumerate(_steps(student, teacher, config, teacher_config)):
-        def report(done: int, total: int, offset: int = index * len(loop)) -> None:
+        def report(done: int, total: int, offset: int = index * len(prompts)) -> None:
             progress(offset + done, STEPS * len(prompts))
 
         finished = client.map(step, loop, concurrency=teacher_config.concurrency,

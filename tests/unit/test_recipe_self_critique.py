@@ -390,6 +390,32 @@ def test_build_pairs_runs_the_loop_a_step_at_a_time_and_decides_as_build_pair():
     assert [t["decision"] for t in traces] == ["chosen_improved"] * 3
 
 
+def test_prompts_the_teachers_budget_stopped_before_have_no_pair_and_no_trace():
+    from tasks.core.recipe import PairsConfig, TeacherConfig
+    from tasks.pairs.build import STEPS, build_pairs
+
+    class Budgeted(_LoopTeacher):
+        """Teacher.map when the budget runs out after two items: the finished ones, in order."""
+
+        def map(self, fn, items, concurrency=None, progress=None):
+            results = [fn(item) for item in items[:2]]
+            for done in range(1, len(results) + 1):
+                progress(done, len(items))
+            return results
+
+    class Student(_Student):
+        def map(self, fn, items, concurrency=None, progress=None):
+            return [fn(item) for item in items]
+
+    items = [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"How do I compare group means, case {i}?"}]}
+             for i in range(3)]
+    seen = []
+    pairs, traces = build_pairs(items, Student(), Budgeted(grades={"t-test": 0.8, "Compare": 0.3}), PairsConfig(),
+                                TeacherConfig(), min_chars=10, progress=lambda done, total: seen.append(done))
+    assert [t["id"] for t in traces] == ["q0", "q1"] and [p.id for p in pairs] == ["pair:q0", "pair:q1"]
+    assert seen == [3 + 1, 3 + 2, 6 + 1, 6 + 2, 9 + 1, 9 + 2] and STEPS == 4  # each step's share of 4 x 3
+
+
 def test_grade_summary_counts_improvements_the_teacher_graded_lower():
     from tasks.pairs.build import grade_summary
 
