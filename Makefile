@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/serving.py
 	$(PY) bench/local_threads.py
 	$(PY) bench/batched_decode.py
+	$(PY) bench/prefix_reuse.py
 
 clean:
 	rm -rf .distillery
