@@ -36,8 +36,8 @@ from tasks.validate.judge import grade
 
 INSTRUCTIONS = REPO / "data" / "sample" / "instructions" / "seed_instructions.jsonl"
 # Two answers to every instruction: one on topic, one not; what they say matters less than their length.
-ANSWERS = ("The short answer is that it depends on the data: start from the simplest method that fits, check "
-           "its assumptions on a held-out sample, and report the uncertainty of every estimate.",
+ANSWERS = (("The short answer is that it depends on the data: start from the simplest method that fits, check "
+            "its assumptions on a held-out sample, and report the uncertainty of every estimate."),
            "I am not sure.")
 
 
