@@ -7,7 +7,7 @@
    from an empty context in chunks of 384 (one batch), 128, 64 (what ``CanonicalPrefix`` uses) and 32
    tokens, twice each in rotating order; prompt tokens per second.
 2. Judge readings as validation makes them: for each of ``--instructions`` real seed instructions
-   (data/sample/instructions), two answers graded back to back (``tasks.validate.judge.grade``: one
+   (data/sample/instructions, chosen as synthesize chooses them), two answers graded back to back (``tasks.validate.judge.grade``: one
    token, its log-probabilities). ``whole prompt``: the context is reset before each reading (what
    LlamaCppChat did before session 16); ``canonical prefix``: the second reading keeps the system turn
    and the instruction's whole chunks. Reported: seconds per reading, prompt tokens evaluated, and
@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from tasks.core.jsonl import read_jsonl
 from tasks.core.models import resolve_gguf
 from tasks.core.settings import get_settings
+from tasks.synthesize.instructions import instruction_prompt, select_instructions
 from tasks.teacher.llama_cpp import PREFIX_CHUNK, LlamaCppChat
 from tasks.validate.judge import grade
 
@@ -77,11 +78,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = read_jsonl(INSTRUCTIONS)
-    # Every type of instruction, in turn, as the quick profile selects them.
-    by_type: dict[str, list[str]] = {}
-    for row in rows:
-        by_type.setdefault(row["type"], []).append(row["prompt"])
-    instructions = [by_type[kind][i] for i in range(args.instructions) for kind in sorted(by_type)][: args.instructions]
+    # The instructions synthesize would pick (every type in turn), as the judge sees them.
+    instructions = [instruction_prompt(row) for row in select_instructions(rows, args.instructions)]
 
     chat = LlamaCppChat(resolve_gguf(args.model))
     try:
