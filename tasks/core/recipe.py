@@ -207,6 +207,9 @@ class TeacherConfig(Section):
     limiter_burst_s: float = Field(default=1.0, gt=0, description="Seconds' worth of requests/tokens per minute that may go out at once.")
     price_per_1k_prompt_tokens: float | None = Field(default=None, ge=0, description="Price per 1,000 prompt tokens; with it, cost is counted.")
     price_per_1k_completion_tokens: float | None = Field(default=None, ge=0, description="Price per 1,000 completion tokens.")
+    price_per_1k_cached_prompt_tokens: float | None = Field(
+        default=None, ge=0, description="Price per 1,000 prompt tokens the provider served from its prompt cache "
+                                        "(usage.prompt_tokens_details.cached_tokens); unset: the prompt price.")
     max_cost: float | None = Field(default=None, gt=0, description="Per-run cost cap, in the prices' currency (needs prices).")
     shards: int = Field(default=1, ge=1, description="Split the synthesize stage's generation into this many shards, "
                         "each run by a Dask worker process with 1/shards of the rate limits and budget.")

@@ -51,6 +51,9 @@ class CompletionRequest(Frozen):
 class Completion(Frozen):
     text: str
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = Field(
+        default=0, description="Of ``prompt_tokens``, those the provider did not compute again: an API's prompt cache "
+                               "(``usage.prompt_tokens_details.cached_tokens``), a local model's kept prefix.")
     completion_tokens: int = 0
     finish_reason: str | None = None
     latency_s: float = 0.0

@@ -106,17 +106,26 @@ class RateLimiter:
 
 @dataclass(frozen=True)
 class Prices:
-    """Prices per 1,000 tokens, in the currency of ``max_cost`` (unset: cost is not tracked)."""
+    """Prices per 1,000 tokens, in the currency of ``max_cost`` (unset: cost is not tracked).
+
+    ``cached_prompt_per_1k`` prices the prompt tokens a provider served from its prompt cache (OpenAI bills
+    them at a discount); unset, they cost what other prompt tokens cost.
+    """
 
     prompt_per_1k: float | None = None
     completion_per_1k: float | None = None
+    cached_prompt_per_1k: float | None = None
 
     @property
     def known(self) -> bool:
         return self.prompt_per_1k is not None or self.completion_per_1k is not None
 
-    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
-        return (prompt_tokens * (self.prompt_per_1k or 0.0) + completion_tokens * (self.completion_per_1k or 0.0)) / 1000
+    def cost(self, prompt_tokens: float, completion_tokens: float, cached_prompt_tokens: float = 0) -> float:
+        """The cost of a request; ``cached_prompt_tokens`` are part of ``prompt_tokens``."""
+        prompt = self.prompt_per_1k or 0.0
+        cached = prompt if self.cached_prompt_per_1k is None else self.cached_prompt_per_1k
+        return ((prompt_tokens - cached_prompt_tokens) * prompt + cached_prompt_tokens * cached
+                + completion_tokens * (self.completion_per_1k or 0.0)) / 1000
 
 
 @dataclass
@@ -178,9 +187,10 @@ class Budget:
             self._reserved_cost -= reservation.cost
             reservation.tokens, reservation.cost = 0, 0.0
 
-    def settle(self, reservation: BudgetReservation, prompt_tokens: int, completion_tokens: int) -> float:
-        """Book a completed request; return its cost (0 without prices)."""
-        cost = self.prices.cost(prompt_tokens, completion_tokens)
+    def settle(self, reservation: BudgetReservation, prompt_tokens: int, completion_tokens: int,
+               cached_prompt_tokens: int = 0) -> float:
+        """Book a completed request; return its cost (0 without prices). Tokens count whole, cached or not."""
+        cost = self.prices.cost(prompt_tokens, completion_tokens, cached_prompt_tokens)
         self.release(reservation)
         with self._lock:
             self.spent_tokens += prompt_tokens + completion_tokens

@@ -163,6 +163,7 @@ class CanonicalPrefix:
         self.whole_to = 0  # the context's positions [0, whole_to) hold whole chunks of the last prompt
         self.armed = False
         self.kept = self.evaluated = 0  # prompt tokens kept from the previous request, and evaluated
+        self.last_kept = 0  # of the last request's prompt
         llm.eval = self.eval
 
     def chunk_ends(self, tokens: list[int]) -> list[int]:
@@ -192,6 +193,7 @@ class CanonicalPrefix:
         llm.n_tokens = keep
         self.whole_to = keep  # until the chunks after it are in
         self.kept += keep
+        self.last_kept = keep
         self.evaluated += len(prompt) - keep
         start = keep
         for end in ends:
@@ -204,6 +206,7 @@ class CanonicalPrefix:
     def request(self) -> Iterator[None]:
         """Within it, the first evaluation is a request's prompt."""
         self.armed = True
+        self.last_kept = 0
         try:
             yield
         finally:
@@ -264,12 +267,14 @@ class LlamaCppChat:
             with self._prefix.request():
                 out = llm.create_chat_completion(**kwargs)
             latency = time.perf_counter() - start
+            kept = self._prefix.last_kept
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         generated = usage.get("completion_tokens", 0)
         return Completion(
             text=choice["message"].get("content") or "",
             prompt_tokens=usage.get("prompt_tokens", 0),
+            cached_prompt_tokens=kept,
             completion_tokens=generated,
             finish_reason=choice.get("finish_reason"),
             latency_s=latency,

@@ -92,10 +92,13 @@ def completion_from_response(response: Any, latency_s: float) -> Completion:
     usage = getattr(response, "usage", None)
     prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
     completion = getattr(usage, "completion_tokens", None) if usage is not None else None
+    # OpenAI, vLLM and llama.cpp's server report the prompt tokens their prompt cache served here.
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
     return Completion(
         text=text,
         # Without usage the budget must still move: fall back to a rough estimate.
         prompt_tokens=int(prompt) if prompt is not None else 0,
+        cached_prompt_tokens=min(int(cached or 0), int(prompt or 0)),
         completion_tokens=int(completion) if completion is not None else max(1, len(text) // 4),
         finish_reason=getattr(choice, "finish_reason", None),
         latency_s=latency_s,

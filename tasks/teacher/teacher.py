@@ -66,7 +66,9 @@ class TeacherStats(BaseModel):
 
     ``requests`` counts calls that reached the provider, retries included (what a rate limit sees);
     ``completions`` the successful ones (what is billed); ``cache_hits`` requests answered from the
-    durable cache (or by an identical request in flight) at no cost.
+    durable cache (or by an identical request in flight) at no cost; ``cached_prompt_tokens`` the part of
+    ``prompt_tokens`` the provider did not compute again (an API's prompt cache, billed at
+    ``price_per_1k_cached_prompt_tokens``; a local model's kept prefix).
     """
 
     requests: int = 0
@@ -75,6 +77,7 @@ class TeacherStats(BaseModel):
     rejects: int = 0
     repairs: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     budget_stopped: bool = False
     completions: int = 0
@@ -106,6 +109,8 @@ class TeacherStats(BaseModel):
     def summary(self) -> str:
         text = (f"{self.completions} paid, {self.cache_hits} cached, {self.retries} retries, "
                 f"{self.rejects} rejects, {self.total_tokens} tokens")
+        if self.cached_prompt_tokens:
+            text += f" ({self.cached_prompt_tokens} of {self.prompt_tokens} prompt tokens reused)"
         if self.cost:
             text += f", cost {self.cost:.4f}"
         return text
@@ -203,7 +208,8 @@ class Teacher:
             max_total_tokens=None if max_tokens is None else max(1, int(max_tokens)),
             max_cost=scaled(getattr(config, "max_cost", None)),
             prices=Prices(getattr(config, "price_per_1k_prompt_tokens", None),
-                          getattr(config, "price_per_1k_completion_tokens", None)),
+                          getattr(config, "price_per_1k_completion_tokens", None),
+                          getattr(config, "price_per_1k_cached_prompt_tokens", None)),
             requests_per_minute=scaled(config.requests_per_minute),
             tokens_per_minute=scaled(config.tokens_per_minute),
             burst_s=float(getattr(config, "limiter_burst_s", 1.0)),
@@ -305,8 +311,10 @@ class Teacher:
         except BaseException:
             budget.release(reservation)
             raise
-        cost = budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens)
+        cost = budget.settle(reservation, completion.prompt_tokens, completion.completion_tokens,
+                             completion.cached_prompt_tokens)
         self._count(completions=1, prompt_tokens=completion.prompt_tokens,
+                    cached_prompt_tokens=completion.cached_prompt_tokens,
                     completion_tokens=completion.completion_tokens, cost=cost)
         if self.cache is not None:
             self.cache.put(key, self.cache_scope, self.provider.model, completion)

@@ -6,6 +6,9 @@ It binds 127.0.0.1 on an ephemeral port and serves ``POST /v1/chat/completions``
   that follows the schema, deterministic from the prompt; otherwise a short text, also deterministic;
 * ``usage`` counts words, so budgets and token limits move; ``logprobs`` (with ``top_logprobs``) are
   given a token per word, each token the most likely of its alternatives;
+* a prompt cache as OpenAI's: a prompt that shares at least ``prompt_cache_min_tokens`` (1,024) tokens
+  with one answered before reports the shared part, in steps of 128 tokens, as
+  ``usage.prompt_tokens_details.cached_tokens``;
 * ``latency_s`` delays every answer; ``rate_limit_rpm`` enforces a token-bucket limit like a provider's
   (429 with ``Retry-After`` and ``retry-after-ms``; refused requests do not use the bucket);
 * ``api_key`` makes it check ``Authorization: Bearer ...`` (401 that echoes part of the key, as OpenAI does);
@@ -152,6 +155,23 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _prompt_tokens(messages: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The fake's tokens of a prompt: one a word, and four around each message."""
+    tokens: list[str] = []
+    for m in messages:
+        tokens += ["<|start|>", str(m.get("role")), *str(m.get("content", "")).split(), "<|end|>", "\n"]
+    return tuple(tokens)
+
+
+def _shared_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
@@ -255,7 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, None, raw=b"<html>upstream error</html>")
             return
         content, finish = self._content(body, fault)
-        prompt_tokens = sum(_words(str(m.get("content", ""))) + 4 for m in body.get("messages", []))
+        prompt = _prompt_tokens(body.get("messages", []))
+        prompt_tokens, cached_tokens = len(prompt), owner._prompt_cache(prompt)
         payload: dict[str, Any] = {
             "id": f"chatcmpl-{record.index}",
             "object": "chat.completion",
@@ -266,7 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
                  "logprobs": _logprobs(content, int(body.get("top_logprobs") or 0)) if body.get("logprobs") else None}
             ],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": max(1, _words(content)),
-                      "total_tokens": prompt_tokens + max(1, _words(content))},
+                      "total_tokens": prompt_tokens + max(1, _words(content)),
+                      "prompt_tokens_details": {"cached_tokens": cached_tokens}},
         }
         record.status = 200
         self._send(200, payload)
@@ -308,11 +330,16 @@ class OpenAIServer:
         hang_s: the longest a hung request is held before its connection drops.
         reasoning_model: refuse ``max_tokens`` and ``logprobs`` (HTTP 400 ``unsupported_parameter``) and accept only
             ``max_completion_tokens``, as OpenAI's reasoning models do.
+        prompt_cache_min_tokens: the shortest shared prefix the prompt cache serves (it then grows in steps of
+            ``prompt_cache_step``); ``None``: no prompt cache.
     """
 
     def __init__(self, latency_s: float = 0.0, rate_limit_rpm: float | None = None,
                  rate_limit_burst: float | None = None, api_key: str | None = None, hang_s: float = 30.0,
-                 reasoning_model: bool = False):
+                 reasoning_model: bool = False, prompt_cache_min_tokens: int | None = 1024,
+                 prompt_cache_step: int = 128):
+        self.prompt_cache_min_tokens, self.prompt_cache_step = prompt_cache_min_tokens, prompt_cache_step
+        self._prompts: deque[tuple[str, ...]] = deque(maxlen=512)  # answered prompts, newest last
         self.latency_s = latency_s
         self.reasoning_model = reasoning_model
         self.api_key = api_key
@@ -379,7 +406,7 @@ class OpenAIServer:
         self._release.set()
 
     def clear(self) -> None:
-        """Forget the log, the counts and any unused faults (the rate limit stays)."""
+        """Forget the log, the counts and any unused faults (the rate limit and the prompt cache stay)."""
         with self._lock:
             self.log.clear()
             self.completions = 0
@@ -387,6 +414,16 @@ class OpenAIServer:
             self._prompt_faults.clear()
             self._release.set()
             self._release = threading.Event()
+
+    def _prompt_cache(self, prompt: tuple[str, ...]) -> int:
+        """How many of ``prompt``'s tokens the cache serves; then the prompt is cached too."""
+        with self._lock:
+            shared = max((_shared_prefix(prompt, seen) for seen in self._prompts), default=0)
+            self._prompts.append(prompt)
+        least, step = self.prompt_cache_min_tokens, self.prompt_cache_step
+        if least is None or shared < least:
+            return 0
+        return least + (shared - least) // step * step
 
     # -- observation ------------------------------------------------------------------------------
 

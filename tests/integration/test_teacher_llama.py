@@ -224,3 +224,28 @@ def test_prompts_are_cut_into_chunks_at_message_starts_and_every_64_tokens(gguf)
         assert prefix.whole_to == ends[-2]  # the assistant's header is not whole: a longer prompt carries it on
     finally:
         chat.close()
+
+
+def test_the_prompt_tokens_a_request_kept_are_reported_and_counted(gguf):
+    """A request reports the prompt tokens it did not evaluate again (the whole chunks it shares with the one
+    before), as an API reports its prompt cache's; the teacher's stats add them up."""
+    teacher = Teacher(LlamaCppChat(gguf, n_ctx=1024))
+    try:
+        system = " ".join(["You review machine learning papers for a workshop; be specific and fair."] * 12)
+
+        def ask(question: str) -> CompletionRequest:
+            return CompletionRequest(messages=messages(("system", system), ("user", question)), max_tokens=1)
+
+        first = teacher.complete(ask("Is the ablation convincing?"))
+        second = teacher.complete(ask("Are the baselines tuned as well as the method?"))
+        prefix = teacher.provider._prefix
+        assert first.cached_prompt_tokens == 0  # nothing was in the context
+        # The system turn (whole 64-token chunks, then the chunk the user's message start ends) is kept.
+        assert PREFIX_CHUNK < second.cached_prompt_tokens == prefix.last_kept < second.prompt_tokens
+        assert second.cached_prompt_tokens in prefix.chunk_ends(
+            [int(t) for t in teacher.provider._llm.input_ids[:second.prompt_tokens]])
+        assert teacher.stats.cached_prompt_tokens == second.cached_prompt_tokens == prefix.kept
+        assert f"{second.cached_prompt_tokens} of {teacher.stats.prompt_tokens} prompt tokens reused" \
+            in teacher.stats.summary()
+    finally:
+        teacher.provider.close()

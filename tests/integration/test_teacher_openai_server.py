@@ -225,6 +225,22 @@ def test_a_cost_budget_stops_generation_cleanly(server, tmp_path, monkeypatch):
     assert stats.cost == pytest.approx((stats.prompt_tokens * 0.5 + stats.completion_tokens * 1.5) / 1000)
 
 
+def test_prompt_cache_hits_are_counted_and_billed_at_the_cached_price(server, tmp_path, monkeypatch):
+    teacher = make_teacher(server, tmp_path, monkeypatch, concurrency=1, price_per_1k_prompt_tokens=2.0,
+                           price_per_1k_completion_tokens=8.0, price_per_1k_cached_prompt_tokens=0.5)
+    guidelines = " ".join(f"rule{i}" for i in range(1300))  # a long system turn every request shares
+    out = teacher.map(lambda i: teacher.complete(CompletionRequest(
+        messages=messages(("system", guidelines), ("user", f"question {i}")), max_tokens=8)), list(range(4)),
+        progress=lambda d, t: None)
+    # The fake caches as OpenAI does: a shared prefix of 1,306 tokens is served as 1,024 + 2 x 128.
+    assert [c.cached_prompt_tokens for c in out] == [0, 1280, 1280, 1280]
+    stats = teacher.stats
+    assert server.completions == stats.completions == 4 and stats.cached_prompt_tokens == 3 * 1280
+    assert stats.cost == pytest.approx(((stats.prompt_tokens - 3840) * 2.0 + 3840 * 0.5
+                                        + stats.completion_tokens * 8.0) / 1000)
+    assert "3840 of" in stats.summary()
+
+
 def test_the_key_never_appears_in_logs_errors_or_reprs(server, tmp_path, monkeypatch, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     logging.getLogger().setLevel(logging.DEBUG)

@@ -21,7 +21,7 @@ from tasks.teacher.base import (
     messages,
 )
 from tasks.teacher.limits import Budget, Prices, RateLimiter, TokenBucket
-from tasks.teacher.openai_compat import OpenAIChat, request_body
+from tasks.teacher.openai_compat import OpenAIChat, completion_from_response, request_body
 from tasks.teacher.retry import RetryPolicy, parse_retry_after
 from tasks.teacher.scale import split
 from tasks.teacher.teacher import TeacherStats, extract_json
@@ -186,6 +186,18 @@ def test_budget_cost_cap_stops():
         budget.reserve(200, 200)
 
 
+def test_cached_prompt_tokens_are_billed_at_their_price_and_counted_whole():
+    prices = Prices(prompt_per_1k=2.0, completion_per_1k=8.0, cached_prompt_per_1k=0.5)
+    budget = Budget(max_tokens=10_000, max_cost=10.0, prices=prices)
+    reservation = budget.reserve(1000, 100)
+    assert reservation.cost == pytest.approx(2.8)  # the worst case assumes no prompt cache
+    cost = budget.settle(reservation, 1000, 100, cached_prompt_tokens=768)
+    assert cost == pytest.approx((232 * 2.0 + 768 * 0.5 + 100 * 8.0) / 1000)
+    assert budget.spent_cost == pytest.approx(cost) and budget.spent_tokens == 1100  # rate limits see every token
+    # Without a price of their own, cached tokens cost what other prompt tokens cost.
+    assert Prices(2.0, 8.0).cost(1000, 100, 768) == pytest.approx(Prices(2.0, 8.0).cost(1000, 100))
+
+
 def test_cost_cap_without_prices_is_refused():
     with pytest.raises(ValueError, match="prices"):
         Budget(max_cost=1.0)
@@ -273,6 +285,25 @@ def test_a_local_models_cached_answers_are_scoped_to_how_json_is_decoded(tmp_pat
 
 class Answer(BaseModel):
     answer: str
+
+
+@pytest.mark.parametrize(("details", "cached"), [
+    ({"prompt_tokens_details": {"cached_tokens": 1152}}, 1152),  # OpenAI, vLLM, llama.cpp's server
+    ({"prompt_tokens_details": {"cached_tokens": None}}, 0),
+    ({"prompt_tokens_details": None}, 0),
+    ({}, 0),  # an endpoint without a prompt cache
+    ({"prompt_tokens_details": {"cached_tokens": 9999}}, 1500),  # never more than the prompt
+])
+def test_a_response_reports_the_prompt_tokens_its_cache_served(details, cached):
+    from openai.types.chat import ChatCompletion
+
+    response = ChatCompletion.model_validate({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 1500, "completion_tokens": 3, "total_tokens": 1503, **details},
+    })
+    completion = completion_from_response(response, latency_s=0.1)
+    assert (completion.prompt_tokens, completion.cached_prompt_tokens) == (1500, cached)
 
 
 def test_request_body_asks_for_the_schema_per_mode():
