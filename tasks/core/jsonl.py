@@ -36,7 +36,7 @@ def iter_jsonl(path: Path, bad: list[BadLine] | None = None) -> Iterator[dict[st
             try:
                 value = json.loads(raw.decode("utf-8"))
                 if not isinstance(value, dict):
-                    raise ValueError("line is not a JSON object")
+                    raise ValueError("line is not a JSON object")  # noqa: TRY004 - handled with the parse errors below
             except (UnicodeDecodeError, ValueError) as exc:
                 if bad is None:
                     raise ValueError(f"{path}:{number}: {exc}") from exc

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
+
+log = logging.getLogger("distillery.progress")
 
 
 class Progress:
@@ -24,6 +27,7 @@ class Progress:
             if TaskRunContext.get() or FlowRunContext.get():
                 self._artifact = create_progress_artifact(progress=0.0, description=description)
         except Exception:  # progress is best effort: never fail the work for it
+            log.debug("no progress artifact", exc_info=True)
             self._artifact = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -41,8 +45,8 @@ class Progress:
                 from prefect.artifacts import update_progress_artifact
 
                 update_progress_artifact(self._artifact, progress=100.0 * done / max(total, 1))
-            except Exception:
-                pass
+            except Exception:  # as above
+                log.debug("progress artifact not updated", exc_info=True)
 
     def close(self) -> None:
         self._bar.close()

@@ -47,9 +47,7 @@ def is_degenerate(text: str, min_chars: int) -> bool:
     if len(stripped) < min_chars:
         return True
     words = stripped.split()
-    if len(words) >= 12 and len(set(words)) / len(words) < 0.25:
-        return True
-    return False
+    return len(words) >= 12 and len(set(words)) / len(words) < 0.25
 
 
 def latin_share(text: str) -> float:
@@ -118,7 +116,7 @@ def near_duplicate_groups(texts: dict[str, str], threshold: float, num_perm: int
         signatures[item_id] = sig
         matches = [m for m in lsh.query(sig) if sig.jaccard(signatures[m]) >= threshold]
         if matches:
-            keep_of[item_id] = keep_of[sorted(matches)[0]]
+            keep_of[item_id] = keep_of[min(matches)]
         else:
             keep_of[item_id] = item_id
             lsh.insert(item_id, sig)

@@ -76,7 +76,7 @@ def render_modelfile_template(template: str, system: str, messages: list[dict[st
                 text = text.rstrip()
             out += text
             expr = match.group(1)
-            if expr.startswith("if ") or expr.startswith("range "):
+            if expr.startswith(("if ", "range ")):
                 body, end = _block(fragment, match.end(), token)
                 if expr.startswith("if "):
                     if scope.get(expr[3:].strip().lstrip(".")):
@@ -96,7 +96,7 @@ def render_modelfile_template(template: str, system: str, messages: list[dict[st
             if match is None:
                 raise ValueError("unterminated block in template")
             expr = match.group(1)
-            if expr.startswith("if ") or expr.startswith("range "):
+            if expr.startswith(("if ", "range ")):
                 depth += 1
             elif expr == "end":
                 depth -= 1

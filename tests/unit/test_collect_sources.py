@@ -320,7 +320,7 @@ def test_an_instruction_file_that_is_not_utf8_fails_with_a_clear_error(tmp_path)
     [("openreview_files", "openreview/api_v2_iclr2026"), ("peerread", "peerread")],
 )
 def test_bad_files_among_saved_reviews_are_rejected_and_the_rest_kept(tmp_path, kind, sample):
-    good = sorted((REPO / "data" / "sample" / sample).rglob("*.json"))[0]
+    good = min((REPO / "data" / "sample" / sample).rglob("*.json"))
     shutil.copy(good, tmp_path / "good.json")
     (tmp_path / "latin1.json").write_bytes(b'{"id": "caf\xe9", "notes": [], "reviews": []}')
     (tmp_path / "empty.json").write_bytes(b"")
