@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench gpu-kit clean
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ bench: install
 	$(PY) bench/local_threads.py
 	$(PY) bench/batched_decode.py
 	$(PY) bench/prefix_reuse.py
+
+# What a lent GPU machine needs to run bench/gpu_train.py (it can fetch nothing): the wheels its image
+# lacks, for its Python 3.12, SmolLM2's tokenizer and the sample conversations, in .gpu/ (git-ignored,
+# carried as `.gpu`); docs/benchmarks.md, section 5, has the command to run there.
+gpu-kit: install
+	$(PY) bench/gpu_kit.py
 
 clean:
 	rm -rf .distillery

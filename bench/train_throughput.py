@@ -1,9 +1,12 @@
 """SFT training throughput: distillery's entrypoint against a plain transformers Trainer + peft loop.
 
     python bench/train_throughput.py [--rows 6] [--max-seq-len 512] [--batch-size 4] [--threads 1]
-                                     [--repeats 1] [--model-dir DIR] [--out bench/results/train_throughput.json]
+                                     [--repeats 1] [--model-dir DIR] [--device cpu|cuda]
+                                     [--random-model 1b|tiny] [--kit DIR]
+                                     [--out bench/results/train_throughput.json]
 
-Same model (SmolLM2-135M, fp32, CPU), same real variable-length data (accepted Q&A pairs from the
+Same model (SmolLM2-135M, fp32 on the CPU by default; on a GPU, ``--device cuda``, bf16; or a
+random-weights llama model, ``--random-model``), same real variable-length data (accepted Q&A pairs from the
 ai.stackexchange sample dump, one system + user + assistant conversation each), same LoRA config,
 optimizer settings, batch size, seed and checkpointing (a save at the end), one epoch each:
 
@@ -42,9 +45,16 @@ SYSTEM = "You are a careful machine learning expert. Answer clearly and concisel
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 LEARNING_RATE = 2e-4
 SEED = 42
+# A GPU kit (``make gpu-kit``): what a machine that can fetch nothing and lacks the collectors' packages
+# needs from this one, SmolLM2's tokenizer and the dump's conversations.
+KIT_TOKENIZER, KIT_ROWS = "tokenizer", "conversations.jsonl"
 
 
-def load_rows(count: int) -> list[dict]:
+def load_rows(count: int, kit: Path | None = None) -> list[dict]:
+    """The first ``count`` conversations of the dump; from a GPU kit's copy of them with ``kit``."""
+    if kit is not None:
+        rows = [json.loads(line) for line in (kit / KIT_ROWS).read_text().splitlines()]
+        return rows[:count]
     from tasks.collect.stackexchange import parse_posts_xml
 
     pairs, _ = parse_posts_xml(DUMP, "ai.stackexchange.com")
@@ -104,7 +114,7 @@ def pad_collate(pad_id: int, counter: dict):
     return collate
 
 
-def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path) -> dict:
+def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path, cuda: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
@@ -112,7 +122,7 @@ def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path
     torch.use_deterministic_algorithms(False)  # the entrypoint, run earlier in this process, turns it on
     set_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -136,7 +146,8 @@ def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path
         save_steps=10_000,
         save_total_limit=2,
         report_to=[],
-        use_cpu=True,
+        use_cpu=not cuda,
+        bf16=cuda,
         seed=SEED,
         data_seed=SEED,
         dataloader_num_workers=0,
@@ -161,7 +172,8 @@ def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path
 
 
 def run_distillery(
-    model_dir: Path, data: Path, batch_size: int, max_len: int, packing: bool, work: Path, tag: str
+    model_dir: Path, data: Path, batch_size: int, max_len: int, packing: bool, work: Path, tag: str,
+    cuda: bool = False,
 ) -> dict:
     from tasks.core.recipe import TrainConfig
     from tasks.train import sft
@@ -171,6 +183,7 @@ def run_distillery(
             "lora": LORA,
             "seed": SEED,
             "save_steps": 10_000,
+            "precision": "bf16" if cuda else "fp32",
             "sft": {
                 "learning_rate": LEARNING_RATE,
                 "batch_size": batch_size,
@@ -232,6 +245,13 @@ def summarize(runs: dict[str, list[dict]], tokens: int) -> dict[str, dict]:
     return summary
 
 
+def save_kit(folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(ensure_model(None)).save_pretrained(folder / KIT_TOKENIZER)
+    (folder / KIT_ROWS).write_text("".join(json.dumps(row) + "\n" for row in load_rows(10_000)))
+
+
 def ensure_model(model_dir: Path | None) -> Path:
     if model_dir:
         return model_dir
@@ -259,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=1, help="Runs per arm, in rotating order; times are averaged."
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="A transformers folder of SmolLM2-135M.")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: every arm on the GPU in bf16 (weights and compute).")
+    parser.add_argument("--random-model", choices=["1b", "tiny"], default=None,
+                        help="Train a llama model of this size with random weights (bench/gpu_train.py's) "
+                        "instead of SmolLM2-135M.")
+    parser.add_argument("--kit", type=Path, default=None,
+                        help="A GPU kit folder (make gpu-kit): the conversations and, for --random-model, "
+                        "the tokenizer come from it.")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_throughput.json")
     args = parser.parse_args(argv)
 
@@ -269,24 +297,36 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
-    model_dir = ensure_model(args.model_dir)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU here")
+    scratch = tempfile.TemporaryDirectory(prefix="train-bench-")
+    work = Path(scratch.name)
+    if args.random_model:
+        from bench.gpu_train import build_model
+
+        model_dir = work / "model"
+        build_model(args.random_model, args.kit / KIT_TOKENIZER if args.kit else ensure_model(None), model_dir)
+        model_name = f"llama {args.random_model} (random weights, {'bf16' if cuda else 'fp32'}, LoRA)"
+    else:
+        model_dir = ensure_model(args.model_dir)
+        model_name = f"SmolLM2-135M ({'bf16' if cuda else 'fp32'}, LoRA)"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows, examples = tokenize(load_rows(args.rows), tokenizer, args.max_seq_len)
+    rows, examples = tokenize(load_rows(args.rows, args.kit), tokenizer, args.max_seq_len)
     lengths = sorted(len(e["input_ids"]) for e in examples)
     tokens = sum(lengths)
     load_before = os.getloadavg()
 
     arms = ["plain", "distillery", "distillery+packing"]
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
-    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
-        work = Path(tmp)
+    with scratch:
         data = work / "train.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
         for repeat in range(args.repeats):
             for arm in arms[repeat % 3 :] + arms[: repeat % 3]:
                 print(f"[{repeat + 1}/{args.repeats}] {arm} ...", file=sys.stderr, flush=True)
                 if arm == "plain":
-                    result = run_plain(model_dir, examples, args.batch_size, work)
+                    result = run_plain(model_dir, examples, args.batch_size, work, cuda)
                 else:
                     result = run_distillery(
                         model_dir,
@@ -296,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                         arm.endswith("packing"),
                         work,
                         f"{arm.replace('+', '-')}-{repeat}",
+                        cuda,
                     )
                 runs[arm].append(result)
     load_after = os.getloadavg()
@@ -305,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "train_throughput",
         "command": "python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": "SmolLM2-135M (fp32, LoRA)",
-        "device": "cpu",
+        "model": model_name,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -351,7 +392,7 @@ def _table(result: dict) -> str:
     data, machine, arms = result["data"], result["machine"], result["arms"]
     config = result["config"]
     heading = (
-        f"SFT throughput, SmolLM2-135M + LoRA r={LORA['r']} on CPU ({machine['cpus']} cores, "
+        f"SFT throughput, {result['model']} r={LORA['r']} on {result['device']} ({machine['cpus']} cores, "
         f"{machine['torch_threads']} torch thread(s), load average {machine['load_avg_1m_before']} -> "
         f"{machine['load_avg_1m_after']}): {data['rows']} real Q&A rows, {data['tokens']} tokens "
         f"(length {data['min_len']}/{data['median_len']}/{data['max_len']} min/median/max, "

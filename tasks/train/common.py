@@ -353,8 +353,14 @@ def completion_callback(run_key: str):
 
 
 def write_metrics(output_dir: Path, trainer: Any, extra: dict[str, Any]) -> None:
+    """``metrics.json``: the Trainer's log history, ``extra``, the device, and on a GPU the peak memory
+    PyTorch allocated in this process (since the last ``torch.cuda.reset_peak_memory_stats``)."""
+    import torch
+
     history = [dict(entry) for entry in trainer.state.log_history]
-    metrics = {"log_history": history, **extra}
+    cuda = torch.cuda.is_available()
+    metrics = {"log_history": history, **extra, "device": torch.cuda.get_device_name() if cuda else "cpu",
+               "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
 
 

@@ -182,6 +182,7 @@ def test_sft_with_eval_data_records_eval_loss(sft_output):
     assert metrics["global_step"] == 2 and metrics["resumed_from"] is None and metrics["examples"] == 8
     assert [e["step"] for e in metrics["log_history"] if "loss" in e] == [1, 2]
     assert metrics["tokens_seen"] > 0
+    assert (metrics["device"], metrics["peak_gpu_memory_bytes"]) == ("cpu", None)  # CI has no GPU
     assert sorted(p.name for p in sft_output.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -271,3 +272,4 @@ def test_qlora_4bit_sft_on_cuda(workdir, base_model_dir):
     metrics = _metrics(output)
     assert metrics["global_step"] == 2 and all(e["loss"] > 0 for e in metrics["log_history"] if "loss" in e)
     assert (output / "adapter_model.safetensors").is_file()
+    assert metrics["peak_gpu_memory_bytes"] > 0 and metrics["device"] != "cpu"

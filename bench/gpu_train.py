@@ -1,0 +1,268 @@
+"""LoRA and QLoRA SFT on a GPU: throughput, model FLOPs utilization and peak memory (docs/benchmarks.md, 5).
+
+    python bench/gpu_train.py [--size 1b] [--arms lora,qlora] [--steps 40] [--batch-size 8]
+                              [--max-seq-len 1024] [--kit DIR] [--peak-tflops X]
+                              [--out bench/results/gpu_train.json]
+
+The model is llama-architecture with random weights (speed does not depend on them) in Llama 3.2 1B's
+shape: hidden 2048, 16 layers, 32 query and 8 key-value heads, MLP 8192, tied embeddings; with
+SmolLM2's tokenizer (49,152 tokens) that is 1.07 B parameters. ``--size tiny`` is a model small enough
+for a CPU, to check the script. Each arm trains it with distillery's SFT entrypoint (``tasks.train.sft``,
+in this process) for ``--steps`` steps on real variable-length conversations (the Stack Exchange sample
+dump's accepted answers, cycled), packed into ``--max-seq-len`` rows, LoRA r=16 on every linear layer:
+
+- ``lora``: bf16 weights and compute;
+- ``qlora``: 4-bit NF4 weights with double quantization (bitsandbytes), bf16 compute;
+- ``lora-fp32``: fp32 (the only arm a CPU runs).
+
+Throughput is the entrypoint's own count of trained (non-padding) tokens over the time of
+``trainer.train()`` (the first steps' warm-up included). Peak memory is what PyTorch allocated on the GPU
+during the arm (``metrics.json``'s ``peak_gpu_memory_bytes``; reset before each arm).
+
+Model FLOPs utilization counts the arithmetic LoRA training needs per token, divided by the GPU's
+dense bf16 peak: through the frozen linear layers (N weights) the forward pass (2N) and the gradient
+with respect to their inputs (2N), but no weight gradient; the adapters' forward and backward
+(6 x their weights); and causal attention, 6 x layers x hidden x the mean context a token attends to
+(the packed examples' lengths, not the row's: the mask keeps each example to itself). A full
+fine-tune would count 6N; this is the work LoRA leaves to do, so the number says how busy the GPU is.
+
+A lent GPU machine can fetch nothing: ``make gpu-kit`` puts the wheels its image lacks
+(bench/gpu_wheels.txt), the tokenizer and the conversations (``--save-kit``) into ``.gpu/``, and
+docs/benchmarks.md, section 5, has the command that runs this script there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.train_throughput import KIT_TOKENIZER, ensure_model, load_rows, save_kit  # after the path is set
+
+SIZES = {
+    # Llama 3.2 1B's shape (its vocabulary aside).
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8},
+    "tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+}
+ARMS = {"lora": ("bf16", "none"), "qlora": ("bf16", "4bit"), "lora-fp32": ("fp32", "none")}
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": LINEAR}
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; the first name that
+# occurs in the device's name wins.
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
+                    ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0)]
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((peak for name, peak in PEAK_BF16_TFLOPS if name in device_name), None)
+
+
+def build_model(size: str, tokenizer_dir: Path, folder: Path) -> dict:
+    """A random-weights llama model of ``size`` with the tokenizer, saved as a transformers folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
+                         rope_theta=500000.0, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SIZES[size])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    parameters = sum(p.numel() for p in model.parameters())
+    del model
+    gc.collect()
+    return {"parameters": parameters, **SIZES[size], "vocab_size": len(tokenizer)}
+
+
+def linear_weights(shape: dict) -> tuple[int, int]:
+    """The frozen linear layers' weights (the LM head included) and LoRA's, for ``LORA``'s targets."""
+    d, ff, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = d * shape["num_key_value_heads"] // shape["num_attention_heads"]
+    # (in, out) of each target module
+    dims = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
+            "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}
+    frozen = layers * sum(i * o for i, o in dims.values()) + d * shape["vocab_size"]
+    lora = layers * sum(LORA["r"] * (i + o) for name, (i, o) in dims.items() if name in LORA["target_modules"])
+    return frozen, lora
+
+
+def flops_per_token(shape: dict, mean_context: float) -> float:
+    """What LoRA training needs per token (module docstring)."""
+    frozen, lora = linear_weights(shape)
+    attention = 6 * shape["num_hidden_layers"] * shape["hidden_size"] * mean_context
+    return 4 * frozen + 6 * lora + attention
+
+
+def example_lengths(rows: list[dict], tokenizer_dir: Path, max_len: int) -> list[int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    lengths = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        lengths.append(min(len(ids), max_len))
+    return lengths
+
+
+def run_arm(arm: str, model_dir: Path, data: Path, args: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    from tasks.core.recipe import TrainConfig
+    from tasks.train import sft
+
+    precision, quantization = ARMS[arm]
+    train = TrainConfig.model_validate({
+        "lora": LORA, "seed": 42, "save_steps": 100_000, "precision": precision, "quantization": quantization,
+        "sft": {"learning_rate": 2e-4, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
+                "packing": True, "epochs": 1, "max_steps": args.steps, "warmup_ratio": 0.1,
+                "scheduler": "cosine"},
+    })
+    config = work / f"{arm}-config.json"
+    config.write_text(json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{arm}-{time.time_ns()}"}))
+    output = work / arm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    code = sft.main(["--config", str(config), "--model-dir", str(model_dir), "--data", str(data),
+                     "--output-dir", str(output), "--checkpoint-dir", str(work / f"{arm}-checkpoints")])
+    assert code == 0, f"{arm}: the SFT entrypoint exited with {code}"
+    metrics = json.loads((output / "metrics.json").read_text())
+    gc.collect()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="1b")
+    parser.add_argument("--arms", default=None, help="Comma-separated, of " + ", ".join(ARMS)
+                        + " (default: lora,qlora on a GPU, lora-fp32 on a CPU).")
+    parser.add_argument("--steps", type=int, default=40, help="Optimizer steps per arm.")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-seq-len", type=int, default=1024)
+    parser.add_argument("--kit", type=Path, default=None,
+                        help="A GPU kit folder (make gpu-kit): SmolLM2's tokenizer and the conversations, for a "
+                        "machine without the base model or the collectors' packages (default: from here).")
+    parser.add_argument("--save-kit", type=Path, default=None,
+                        help="Only write the kit into this folder (to carry to a GPU machine) and exit.")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="The GPU's dense bf16 peak (default: from its name; unknown: no MFU).")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_train.json")
+    args = parser.parse_args(argv)
+
+    if args.save_kit:
+        save_kit(args.save_kit)
+        print(f"tokenizer and conversations saved to {args.save_kit}")
+        return 0
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cuda = torch.cuda.is_available()
+    arms = (args.arms or ("lora,qlora" if cuda else "lora-fp32")).split(",")
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
+    if not cuda and any(ARMS[arm] != ("fp32", "none") for arm in arms):
+        parser.error("bf16 and 4-bit arms need a CUDA GPU; on a CPU run --arms lora-fp32 (with --size tiny)")
+    device = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = args.peak_tflops or (peak_tflops(device) if cuda else None)
+    tokenizer_dir = args.kit / KIT_TOKENIZER if args.kit else ensure_model(None)
+
+    # Enough rows, cycled, to fill every step's packed rows.
+    sample = load_rows(10_000, args.kit)
+    sample_lengths = example_lengths(sample, tokenizer_dir, args.max_seq_len)
+    needed = math.ceil(1.2 * args.steps * args.batch_size * args.max_seq_len / (sum(sample_lengths) / len(sample)))
+    rows = [sample[i % len(sample)] for i in range(needed)]
+    lengths = [sample_lengths[i % len(sample)] for i in range(needed)]
+    # The mean context a trained token attends to: a token at position i of an example sees i + 1.
+    mean_context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="gpu-train-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        print(f"building the {args.size} model ...", file=sys.stderr, flush=True)
+        shape = build_model(args.size, tokenizer_dir, model_dir)
+        data = work / "train.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        per_token = flops_per_token(shape, mean_context)
+        for arm in arms:
+            print(f"{arm} ...", file=sys.stderr, flush=True)
+            metrics = run_arm(arm, model_dir, data, args, work)
+            tokens, seconds = metrics["tokens_seen"], metrics["train_runtime_s"]
+            rate = tokens / seconds
+            memory = metrics.get("peak_gpu_memory_bytes")
+            results[arm] = {
+                "precision": ARMS[arm][0], "quantization": ARMS[arm][1], "steps": metrics["global_step"],
+                "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(rate, 1),
+                "mfu": round(rate * per_token / (peak * 1e12), 4) if peak else None,
+                "peak_memory_gib": round(memory / 2**30, 2) if memory else None,
+                "train_loss": metrics.get("train_loss"),
+            }
+    if "lora" in results and "qlora" in results and results["lora"]["peak_memory_gib"]:
+        results["qlora"]["memory_vs_lora"] = round(
+            results["qlora"]["peak_memory_gib"] / results["lora"]["peak_memory_gib"], 3)
+
+    frozen, lora = linear_weights(shape)
+    report = {
+        "benchmark": "gpu_train",
+        "command": "python bench/gpu_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": device,
+        "peak_bf16_tflops": peak,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "versions": _versions(),
+        "model": {**shape, "size": args.size, "frozen_linear_weights": frozen, "lora_weights": lora},
+        "config": {"steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
+                   "packing": True, "lora": LORA},
+        "data": {"rows": len(rows), "distinct_rows": len(sample), "mean_length": round(sum(lengths) / len(lengths), 1),
+                 "mean_context": round(mean_context, 1)},
+        "flops_per_token": per_token,
+        "arms": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    return 0
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['model']['parameters'] / 1e9:.2f} B parameters, {report['device']}",
+             "", "| arm | steps | tokens/s | MFU | peak memory GiB | vs LoRA memory |", "|---|---|---|---|---|---|"]
+    for arm, r in report["arms"].items():
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        lines.append(f"| {arm} | {r['steps']} | {r['tokens_per_s']} | {mfu} | {r['peak_memory_gib'] or '-'} "
+                     f"| {r.get('memory_vs_lora', '-')} |")
+    return "\n".join(lines)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""bench/gpu_train.py, the GPU session's training benchmark, checked on a CPU with a tiny model: a session
+that is lent a GPU should spend its minutes measuring, not debugging the script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import gpu_train
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_1b_shape_and_what_lora_training_costs_a_token():
+    shape = {**gpu_train.SIZES["1b"], "vocab_size": 49152}
+    frozen, lora = gpu_train.linear_weights(shape)
+    assert frozen == 16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192) + 2048 * 49152  # ~1.07 B
+    assert lora == 16 * 16 * ((2048 + 2048) * 2 + (2048 + 512) * 2 + (2048 + 8192) * 3)
+    assert gpu_train.flops_per_token(shape, 100.0) == 4 * frozen + 6 * lora + 6 * 16 * 2048 * 100.0
+    assert gpu_train.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert gpu_train.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu_train.peak_tflops("NVIDIA H200") == 989.4 and gpu_train.peak_tflops("Tesla T4") is None
+
+
+@pytest.fixture
+def torch_settings():
+    """The entrypoint turns deterministic algorithms on for its process: give the other tests theirs back."""
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def test_a_tiny_model_trains_through_the_sft_entrypoint_and_the_report_is_written(tmp_path, capsys, torch_settings):
+    kit, out = tmp_path / "kit", tmp_path / "gpu_train.json"
+    assert gpu_train.main(["--save-kit", str(kit)]) == 0  # what a GPU machine gets instead of the base model
+    assert (kit / "tokenizer" / "tokenizer.json").is_file() and (kit / "conversations.jsonl").stat().st_size
+    assert gpu_train.main(["--size", "tiny", "--arms", "lora-fp32", "--steps", "2", "--batch-size", "2",
+                           "--max-seq-len", "128", "--kit", str(kit), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    arm = report["arms"]["lora-fp32"]
+    assert report["device"] == "cpu" and report["model"]["num_hidden_layers"] == 2
+    assert arm["steps"] == 2 and arm["tokens"] > 128 and arm["tokens_per_s"] > 0
+    assert arm["mfu"] is None and arm["peak_memory_gib"] is None  # no GPU, no peak to divide by
+    assert 0 < report["data"]["mean_context"] <= 128
+    assert "| lora-fp32 | 2 |" in capsys.readouterr().out
+
+
+def test_gpu_arms_are_refused_on_a_cpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit):
+        gpu_train.main(["--size", "tiny", "--arms", "qlora"])
+
+
+def test_the_kit_leaves_out_the_kernels_the_gpu_cannot_load(tmp_path):
+    import zipfile
+
+    from bench.gpu_kit import UNUSED_BNB, slim_wheel
+
+    wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
+    names = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so",
+             "bitsandbytes/libbitsandbytes_cuda126.so", "bitsandbytes/libbitsandbytes_cuda130.so",
+             "bitsandbytes/libbitsandbytes_rocm72.so"]
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"x" * 1000)
+        zf.writestr("bitsandbytes-0.50.2.dist-info/RECORD", "".join(f"{n},sha256=abc,1000\n" for n in names))
+    assert slim_wheel(wheel, UNUSED_BNB) > 0
+    with zipfile.ZipFile(wheel) as zf:
+        kept = set(zf.namelist())
+        record = zf.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
+    assert kept == {names[0], names[1], names[3], "bitsandbytes-0.50.2.dist-info/RECORD"}
+    assert "cuda130" in record and "cuda126" not in record and "rocm" not in record
