@@ -1,6 +1,6 @@
-"""LoRA and QLoRA SFT on a GPU: throughput, model FLOPs utilization and peak memory (docs/benchmarks.md, 5).
+"""LoRA and QLoRA SFT and DPO on a GPU: throughput, model FLOPs utilization, peak memory (docs/benchmarks.md, 5).
 
-    python bench/gpu_train.py [--size 1b] [--arms lora,qlora] [--steps 40] [--batch-size 8]
+    python bench/gpu_train.py [--size 1b] [--arms lora,qlora] [--steps 40] [--dpo-steps 10] [--batch-size 8]
                               [--max-seq-len 1024] [--kit DIR] [--peak-tflops X]
                               [--out bench/results/gpu_train.json]
 
@@ -14,6 +14,10 @@ dump's accepted answers, cycled), packed into ``--max-seq-len`` rows, LoRA r=16 
 - ``lora``: bf16 weights and compute;
 - ``qlora``: 4-bit NF4 weights with double quantization (bitsandbytes), bf16 compute;
 - ``lora-fp32``: fp32 (the only arm a CPU runs).
+
+After its SFT each arm trains DPO for ``--dpo-steps`` steps continuing the SFT adapter, as the pipeline
+does (the reference is the SFT model merged: for QLoRA, an adapter merged into 4-bit weights), on pairs
+of an accepted answer over another question's; its first loss should be log 2.
 
 Throughput is the entrypoint's own count of trained (non-padding) tokens over the time of
 ``trainer.train()`` (the first steps' warm-up included). Peak memory is what PyTorch allocated on the GPU
@@ -119,29 +123,46 @@ def example_lengths(rows: list[dict], tokenizer_dir: Path, max_len: int) -> list
     return lengths
 
 
-def run_arm(arm: str, model_dir: Path, data: Path, args: argparse.Namespace, work: Path) -> dict:
+def preference_pairs(rows: list[dict]) -> list[dict]:
+    """DPO pairs from the conversations: the accepted answer over the next question's answer."""
+    return [{"prompt": row["messages"][:-1], "chosen": row["messages"][-1:],
+             "rejected": rows[(i + 1) % len(rows)]["messages"][-1:]} for i, row in enumerate(rows)]
+
+
+def run_method(method: str, arm: str, model_dir: Path, data: Path, args: argparse.Namespace, work: Path,
+               init_adapter: Path | None = None) -> dict:
+    """One arm's SFT (packed) or DPO (continuing ``init_adapter``, as the pipeline does) through the
+    entrypoint, in this process; its ``metrics.json``."""
     import torch
 
     from tasks.core.recipe import TrainConfig
-    from tasks.train import sft
+    from tasks.train import dpo, sft
 
     precision, quantization = ARMS[arm]
+    optim = {"learning_rate": 2e-4, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
+             "packing": True, "epochs": 1, "max_steps": args.steps, "warmup_ratio": 0.1, "scheduler": "cosine"}
+    if method == "dpo":  # pairs are two sequences each, and the reference reads both again
+        optim.update(learning_rate=5e-5, batch_size=max(1, args.batch_size // 2), packing=False,
+                     max_steps=args.dpo_steps)
     train = TrainConfig.model_validate({
         "lora": LORA, "seed": 42, "save_steps": 100_000, "precision": precision, "quantization": quantization,
-        "sft": {"learning_rate": 2e-4, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
-                "packing": True, "epochs": 1, "max_steps": args.steps, "warmup_ratio": 0.1,
-                "scheduler": "cosine"},
+        method: optim,
     })
-    config = work / f"{arm}-config.json"
-    config.write_text(json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{arm}-{time.time_ns()}"}))
-    output = work / arm
+    tag = f"{arm}-{method}"
+    config = work / f"{tag}-config.json"
+    config.write_text(json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{tag}-{time.time_ns()}"}))
+    output = work / tag
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    code = sft.main(["--config", str(config), "--model-dir", str(model_dir), "--data", str(data),
-                     "--output-dir", str(output), "--checkpoint-dir", str(work / f"{arm}-checkpoints")])
-    assert code == 0, f"{arm}: the SFT entrypoint exited with {code}"
+    argv = ["--config", str(config), "--model-dir", str(model_dir), "--data", str(data),
+            "--output-dir", str(output), "--checkpoint-dir", str(work / f"{tag}-checkpoints")]
+    if init_adapter is not None:
+        argv += ["--init-adapter", str(init_adapter)]
+    code = (sft if method == "sft" else dpo).main(argv)
+    assert code == 0, f"{tag}: the {method} entrypoint exited with {code}"
     metrics = json.loads((output / "metrics.json").read_text())
+    metrics["output"] = output
     gc.collect()
     return metrics
 
@@ -151,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="1b")
     parser.add_argument("--arms", default=None, help="Comma-separated, of " + ", ".join(ARMS)
                         + " (default: lora,qlora on a GPU, lora-fp32 on a CPU).")
-    parser.add_argument("--steps", type=int, default=40, help="Optimizer steps per arm.")
+    parser.add_argument("--steps", type=int, default=40, help="SFT optimizer steps per arm.")
+    parser.add_argument("--dpo-steps", type=int, default=10,
+                        help="DPO steps per arm after its SFT, continuing the SFT adapter (0: no DPO).")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=1024)
     parser.add_argument("--kit", type=Path, default=None,
@@ -203,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         data = work / "train.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
         per_token = flops_per_token(shape, mean_context)
+        pairs = work / "pairs.jsonl"
+        pairs.write_text("".join(json.dumps(pair) + "\n" for pair in preference_pairs(sample)))
         for arm in arms:
-            print(f"{arm} ...", file=sys.stderr, flush=True)
-            metrics = run_arm(arm, model_dir, data, args, work)
+            print(f"{arm}: SFT ...", file=sys.stderr, flush=True)
+            metrics = run_method("sft", arm, model_dir, data, args, work)
             tokens, seconds = metrics["tokens_seen"], metrics["train_runtime_s"]
             rate = tokens / seconds
             memory = metrics.get("peak_gpu_memory_bytes")
@@ -216,6 +241,19 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_memory_gib": round(memory / 2**30, 2) if memory else None,
                 "train_loss": metrics.get("train_loss"),
             }
+            if args.dpo_steps:
+                print(f"{arm}: DPO from its SFT adapter ...", file=sys.stderr, flush=True)
+                dpo_metrics = run_method("dpo", arm, model_dir, pairs, args, work, init_adapter=metrics["output"])
+                memory = dpo_metrics.get("peak_gpu_memory_bytes")
+                losses = [e["loss"] for e in dpo_metrics["log_history"] if "loss" in e]
+                results[arm]["dpo"] = {
+                    "steps": dpo_metrics["global_step"], "tokens": dpo_metrics["tokens_seen"],
+                    "tokens_per_s": round(dpo_metrics["tokens_seen"] / dpo_metrics["train_runtime_s"], 1),
+                    "peak_memory_gib": round(memory / 2**30, 2) if memory else None,
+                    # The reference is the SFT model itself: before any update the loss is log 2 = 0.6931,
+                    # unless merging the adapter into (4-bit) weights moved the reference.
+                    "first_loss": losses[0] if losses else None,
+                }
     if "lora" in results and "qlora" in results and results["lora"]["peak_memory_gib"]:
         results["qlora"]["memory_vs_lora"] = round(
             results["qlora"]["peak_memory_gib"] / results["lora"]["peak_memory_gib"], 3)
@@ -249,6 +287,13 @@ def table(report: dict) -> str:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         lines.append(f"| {arm} | {r['steps']} | {r['tokens_per_s']} | {mfu} | {r['peak_memory_gib'] or '-'} "
                      f"| {r.get('memory_vs_lora', '-')} |")
+    dpo = {arm: r["dpo"] for arm, r in report["arms"].items() if "dpo" in r}
+    if dpo:
+        lines += ["", "| arm, DPO from its SFT adapter | steps | tokens/s | peak memory GiB | first loss (log 2: 0.6931) |",
+                  "|---|---|---|---|---|"]
+        for arm, r in dpo.items():
+            lines.append(f"| {arm} | {r['steps']} | {r['tokens_per_s']} | {r['peak_memory_gib'] or '-'} "
+                         f"| {r['first_loss']} |")
     return "\n".join(lines)
 
 

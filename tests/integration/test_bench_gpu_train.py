@@ -37,15 +37,18 @@ def test_a_tiny_model_trains_through_the_sft_entrypoint_and_the_report_is_writte
     kit, out = tmp_path / "kit", tmp_path / "gpu_train.json"
     assert gpu_train.main(["--save-kit", str(kit)]) == 0  # what a GPU machine gets instead of the base model
     assert (kit / "tokenizer" / "tokenizer.json").is_file() and (kit / "conversations.jsonl").stat().st_size
-    assert gpu_train.main(["--size", "tiny", "--arms", "lora-fp32", "--steps", "2", "--batch-size", "2",
-                           "--max-seq-len", "128", "--kit", str(kit), "--out", str(out)]) == 0
+    assert gpu_train.main(["--size", "tiny", "--arms", "lora-fp32", "--steps", "2", "--dpo-steps", "1",
+                           "--batch-size", "2", "--max-seq-len", "128", "--kit", str(kit), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     arm = report["arms"]["lora-fp32"]
     assert report["device"] == "cpu" and report["model"]["num_hidden_layers"] == 2
     assert arm["steps"] == 2 and arm["tokens"] > 128 and arm["tokens_per_s"] > 0
     assert arm["mfu"] is None and arm["peak_memory_gib"] is None  # no GPU, no peak to divide by
     assert 0 < report["data"]["mean_context"] <= 128
-    assert "| lora-fp32 | 2 |" in capsys.readouterr().out
+    dpo = arm["dpo"]
+    assert dpo["steps"] == 1 and dpo["tokens"] > 0 and dpo["first_loss"] == pytest.approx(0.6931, abs=1e-3)
+    printed = capsys.readouterr().out
+    assert "| lora-fp32 | 2 |" in printed and "| lora-fp32 | 1 |" in printed
 
 
 def test_gpu_arms_are_refused_on_a_cpu():
