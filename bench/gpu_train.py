@@ -26,8 +26,10 @@ during the arm (``metrics.json``'s ``peak_gpu_memory_bytes``; reset before each 
 Model FLOPs utilization counts the arithmetic LoRA training needs per token, divided by the GPU's
 dense bf16 peak: through the frozen linear layers (N weights) the forward pass (2N) and the gradient
 with respect to their inputs (2N), but no weight gradient; the adapters' forward and backward
-(6 x their weights); and causal attention, 6 x layers x hidden x the mean context a token attends to
-(the packed examples' lengths, not the row's: the mask keeps each example to itself). A full
+(6 x their weights); and attention's two products (scores, and the weighted values: 4 x hidden x the
+context a token attends to, forward; twice that backward), 12 x layers x hidden x the mean context, which
+a causal mask makes about half an example's length (the packed examples', not the row's: the mask keeps
+each example to itself). A full
 fine-tune would count 6N; this is the work LoRA leaves to do, so the number says how busy the GPU is.
 
 A lent GPU machine can fetch nothing: ``make gpu-kit`` puts the wheels its image lacks
@@ -107,7 +109,7 @@ def linear_weights(shape: dict) -> tuple[int, int]:
 def flops_per_token(shape: dict, mean_context: float) -> float:
     """What LoRA training needs per token (module docstring)."""
     frozen, lora = linear_weights(shape)
-    attention = 6 * shape["num_hidden_layers"] * shape["hidden_size"] * mean_context
+    attention = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * mean_context
     return 4 * frozen + 6 * lora + attention
 
 

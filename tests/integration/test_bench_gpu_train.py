@@ -17,7 +17,7 @@ def test_the_1b_shape_and_what_lora_training_costs_a_token():
     frozen, lora = gpu_train.linear_weights(shape)
     assert frozen == 16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192) + 2048 * 49152  # ~1.07 B
     assert lora == 16 * 16 * ((2048 + 2048) * 2 + (2048 + 512) * 2 + (2048 + 8192) * 3)
-    assert gpu_train.flops_per_token(shape, 100.0) == 4 * frozen + 6 * lora + 6 * 16 * 2048 * 100.0
+    assert gpu_train.flops_per_token(shape, 100.0) == 4 * frozen + 6 * lora + 12 * 16 * 2048 * 100.0
     assert gpu_train.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert gpu_train.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert gpu_train.peak_tflops("NVIDIA H200") == 989.4 and gpu_train.peak_tflops("Tesla T4") is None
