@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -49,5 +50,22 @@ def run_entrypoint(method: str, config: dict, model_dir: Path, data: Path, outpu
             raise
         code = process.wait()
     if code != 0:
-        raise TrainingFailed(f"{method} training exited with {code}:\n" + "\n".join(tail))
+        raise TrainingFailed(f"{method} training {_ended(code, method)}:\n" + "\n".join(tail))
     return json.loads((output_dir / "metrics.json").read_text())
+
+
+def _ended(code: int, method: str) -> str:
+    """How the script ended, in words: an exit status, or the signal that killed it (Popen's negative code)."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    text = f"was killed by {name}"
+    if -code == signal.SIGKILL:
+        # Nothing in the script sends SIGKILL; the kernel does when memory runs out (dmesg says so).
+        text += (f", most often the kernel's out-of-memory killer: lower train.{method}.batch_size or "
+                 f"max_seq_len (raise gradient_accumulation to keep the effective batch) or set "
+                 f"train.gradient_checkpointing; a rerun resumes from the last complete checkpoint")
+    return text

@@ -373,3 +373,17 @@ def test_operational_settings_neither_retrain_nor_restart_a_run():
                     TrainConfig(backend="sagemaker", lora={"r": 8})):
         run_key, cache_key = keys(changed)
         assert run_key != keys(plain)[0] and cache_key != keys(plain)[1]
+
+
+def test_a_script_killed_for_memory_says_what_to_change(tmp_path, monkeypatch):
+    """SIGKILL is what the kernel's out-of-memory killer sends: the error names it and the settings to lower."""
+    killer = tmp_path / "python"
+    killer.write_text("#!/bin/sh\nkill -9 $$\n")
+    killer.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(killer))
+    with pytest.raises(TrainingFailed) as failure:
+        run_entrypoint("dpo", {"train": {}, "run_key": "k"}, model_dir=tmp_path, data=tmp_path / "d.jsonl",
+                       output_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ck", log=lambda m: None)
+    message = str(failure.value)
+    assert message.startswith("dpo training was killed by SIGKILL, most often the kernel's out-of-memory killer")
+    assert "train.dpo.batch_size" in message and "resumes from the last complete checkpoint" in message
