@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -161,15 +162,6 @@ def _prompt_tokens(messages: list[dict[str, Any]]) -> tuple[str, ...]:
     for m in messages:
         tokens += ["<|start|>", str(m.get("role")), *str(m.get("content", "")).split(), "<|end|>", "\n"]
     return tuple(tokens)
-
-
-def _shared_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -418,7 +410,7 @@ class OpenAIServer:
     def _prompt_cache(self, prompt: tuple[str, ...]) -> int:
         """How many of ``prompt``'s tokens the cache serves; then the prompt is cached too."""
         with self._lock:
-            shared = max((_shared_prefix(prompt, seen) for seen in self._prompts), default=0)
+            shared = max((len(os.path.commonprefix([prompt, seen])) for seen in self._prompts), default=0)
             self._prompts.append(prompt)
         least, step = self.prompt_cache_min_tokens, self.prompt_cache_step
         if least is None or shared < least:
