@@ -67,5 +67,6 @@ def _ended(code: int, method: str) -> str:
         # Nothing in the script sends SIGKILL; the kernel does when memory runs out (dmesg says so).
         text += (f", most often the kernel's out-of-memory killer: lower train.{method}.batch_size or "
                  f"max_seq_len (raise gradient_accumulation to keep the effective batch) or set "
-                 f"train.gradient_checkpointing; a rerun resumes from the last complete checkpoint")
+                 f"train.gradient_checkpointing (a rerun with unchanged settings resumes from the last "
+                 f"complete checkpoint; changed ones start over)")
     return text

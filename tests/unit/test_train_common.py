@@ -386,4 +386,4 @@ def test_a_script_killed_for_memory_says_what_to_change(tmp_path, monkeypatch):
                        output_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ck", log=lambda m: None)
     message = str(failure.value)
     assert message.startswith("dpo training was killed by SIGKILL, most often the kernel's out-of-memory killer")
-    assert "train.dpo.batch_size" in message and "resumes from the last complete checkpoint" in message
+    assert "train.dpo.batch_size" in message and "unchanged settings resumes from the last complete" in message
