@@ -53,7 +53,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import KIT_TOKENIZER, ensure_model, load_rows, save_kit  # after the path is set
+from bench.train_throughput import (  # after the path is set
+    KIT_TOKENIZER,
+    chat_ids,
+    ensure_model,
+    load_rows,
+    save_kit,
+    versions,
+)
 
 SIZES = {
     # Llama 3.2 1B's shape (its vocabulary aside).
@@ -69,6 +76,10 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": LINEAR}
 # occurs in the device's name wins.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
                     ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0)]
+
+
+def gib(nbytes: int | None) -> float | None:
+    return round(nbytes / 2**30, 2) if nbytes else None
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -117,12 +128,7 @@ def example_lengths(rows: list[dict], tokenizer_dir: Path, max_len: int) -> list
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    lengths = []
-    for row in rows:
-        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)
-        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-        lengths.append(min(len(ids), max_len))
-    return lengths
+    return [min(len(chat_ids(tokenizer, row["messages"])), max_len) for row in rows]
 
 
 def preference_pairs(rows: list[dict]) -> list[dict]:
@@ -235,23 +241,21 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run_method("sft", arm, model_dir, data, args, work)
             tokens, seconds = metrics["tokens_seen"], metrics["train_runtime_s"]
             rate = tokens / seconds
-            memory = metrics.get("peak_gpu_memory_bytes")
             results[arm] = {
                 "precision": ARMS[arm][0], "quantization": ARMS[arm][1], "steps": metrics["global_step"],
                 "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(rate, 1),
                 "mfu": round(rate * per_token / (peak * 1e12), 4) if peak else None,
-                "peak_memory_gib": round(memory / 2**30, 2) if memory else None,
+                "peak_memory_gib": gib(metrics.get("peak_gpu_memory_bytes")),
                 "train_loss": metrics.get("train_loss"),
             }
             if args.dpo_steps:
                 print(f"{arm}: DPO from its SFT adapter ...", file=sys.stderr, flush=True)
                 dpo_metrics = run_method("dpo", arm, model_dir, pairs, args, work, init_adapter=metrics["output"])
-                memory = dpo_metrics.get("peak_gpu_memory_bytes")
                 losses = [e["loss"] for e in dpo_metrics["log_history"] if "loss" in e]
                 results[arm]["dpo"] = {
                     "steps": dpo_metrics["global_step"], "tokens": dpo_metrics["tokens_seen"],
                     "tokens_per_s": round(dpo_metrics["tokens_seen"] / dpo_metrics["train_runtime_s"], 1),
-                    "peak_memory_gib": round(memory / 2**30, 2) if memory else None,
+                    "peak_memory_gib": gib(dpo_metrics.get("peak_gpu_memory_bytes")),
                     # The reference is the SFT model itself: before any update the loss is log 2 = 0.6931,
                     # unless merging the adapter into (4-bit) weights moved the reference.
                     "first_loss": losses[0] if losses else None,
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device,
         "peak_bf16_tflops": peak,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "versions": _versions(),
+        "versions": versions(),
         "model": {**shape, "size": args.size, "frozen_linear_weights": frozen, "lora_weights": lora},
         "config": {"steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
                    "packing": True, "lora": LORA},
@@ -297,18 +301,6 @@ def table(report: dict) -> str:
             lines.append(f"| {arm} | {r['steps']} | {r['tokens_per_s']} | {r['peak_memory_gib'] or '-'} "
                          f"| {r['first_loss']} |")
     return "\n".join(lines)
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 if __name__ == "__main__":

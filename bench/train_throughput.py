@@ -70,7 +70,7 @@ def load_rows(count: int, kit: Path | None = None) -> list[dict]:
     ]
 
 
-def _ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
+def chat_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
     out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
@@ -83,8 +83,8 @@ def tokenize(rows: list[dict], tokenizer, max_len: int) -> tuple[list[dict], lis
     """
     kept, examples = [], []
     for row in rows:
-        prompt = _ids(tokenizer, row["messages"][:-1], add_generation_prompt=True)
-        full = _ids(tokenizer, row["messages"])
+        prompt = chat_ids(tokenizer, row["messages"][:-1], add_generation_prompt=True)
+        full = chat_ids(tokenizer, row["messages"])
         assert full[: len(prompt)] == prompt, "the chat template renders the prompt differently"
         if len(prompt) >= max_len:
             continue
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_avg_1m_before": round(load_before[0], 2),
             "load_avg_1m_after": round(load_after[0], 2),
         },
-        "versions": _versions(),
+        "versions": versions(),
         "data": {
             "source": str(DUMP.relative_to(REPO)),
             "rows": len(examples),
@@ -382,10 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _versions() -> dict:
-    from importlib.metadata import version
+def versions() -> dict:
+    """The training stack's package versions (None for one not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {name: version(name) for name in ("torch", "transformers", "peft", "trl")}
+    out = {}
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _table(result: dict) -> str:

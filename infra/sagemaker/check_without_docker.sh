@@ -44,6 +44,7 @@ import json, sys
 from pathlib import Path
 
 sys.path.insert(0, ".")
+from bench.gpu_train import preference_pairs
 from bench.train_throughput import ensure_model, load_rows
 from tasks.core.recipe import TrainConfig
 
@@ -52,9 +53,7 @@ rows = load_rows(8)
 (data / "train").mkdir(parents=True)
 (data / "train" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 (data / "pairs").mkdir()
-(data / "pairs" / "pairs.jsonl").write_text("".join(json.dumps(
-    {"prompt": r["messages"][:-1], "chosen": r["messages"][-1:], "rejected": rows[(i + 1) % 8]["messages"][-1:]}
-) + "\n" for i, r in enumerate(rows)))
+(data / "pairs" / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in preference_pairs(rows)))
 train = TrainConfig.model_validate({"sft": {"max_steps": 2, "batch_size": 2, "max_seq_len": 256},
                                     "dpo": {"max_steps": 1, "batch_size": 2, "max_seq_len": 256}})
 (data / "config").mkdir()
