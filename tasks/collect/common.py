@@ -10,7 +10,6 @@ logs a URL's query string with credentials in it.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import time
@@ -20,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+
+from tasks.core.retry_after import parse_retry_after
 
 logger = logging.getLogger("distillery.collect")
 
@@ -79,24 +80,6 @@ class RetryPolicy:
         return delay * (0.5 + random.random() / 2)
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Parse a ``Retry-After`` header: delta-seconds or an HTTP date. None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def get_with_retries(
     session: requests.Session,
     url: str,
@@ -136,7 +119,7 @@ def get_with_retries(
             if response.status_code != 429 and response.status_code < 500:
                 return response
             last = f"HTTP {response.status_code}"
-            asked = retry_after_seconds(response.headers.get("Retry-After"))
+            asked = parse_retry_after(response.headers)
             response.close()
             if asked is not None and asked > policy.max_retry_after_s:
                 raise CollectError(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from tasks.core.retry_after import parse_retry_after
 from tasks.teacher.base import (
     SEND_GATE,
     Completion,
@@ -26,7 +27,6 @@ from tasks.teacher.base import (
     top_logprobs_of,
 )
 from tasks.teacher.keys import resolve_api_key, scrub
-from tasks.teacher.retry import parse_retry_after
 
 log = logging.getLogger("distillery.teacher")
 StructuredMode = Literal["json_schema", "json_object", "prompt"]

@@ -10,10 +10,7 @@ is exponential with "equal jitter" (half fixed, half random), so parallel client
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from tasks.teacher.base import RateLimitDeferred, TransientError
 
@@ -56,33 +53,3 @@ class RetryPolicy:
             # Never earlier than asked; a little later, spread out, so waiting clients do not return at once.
             return wait + rng.uniform(0, min(1.0, 0.1 * wait))
         return self.backoff(retry_number, rng)
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds a response asks the client to wait, from ``retry-after-ms`` or ``retry-after``.
-
-    ``retry-after`` may be seconds (``"5"``, ``"1.5"``) or an HTTP date. Unknown or malformed values
-    give ``None`` (the caller falls back to backoff); dates in the past give 0.
-    """
-    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
-    millis = lowered.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -18,7 +18,6 @@ from tasks.collect.common import (
     RetryPolicy,
     SourceConfigError,
     parse_watermark,
-    retry_after_seconds,
 )
 from tasks.collect.records import Instruction, Paper, PaperSection, Profile, QAPair, Rejected, Review
 from tasks.collect.sources import (
@@ -243,10 +242,8 @@ def test_instructions_from_jsonl_and_yaml(tmp_path):
         read_instructions(broken)
 
 
-def test_retry_after_and_watermark_parsing():
-    assert retry_after_seconds("3") == 3.0
-    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+def test_watermark_parsing_and_backoff():
+    # Retry-After itself: tests/unit/test_teacher_policy.py (one parser for collectors and teacher).
     assert parse_watermark("2024-05-01T12:30:00Z") == WHEN
     assert parse_watermark(None) is None
     policy = RetryPolicy(base_delay_s=1.0, max_delay_s=4.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
+from tasks.core.retry_after import parse_retry_after
 from tasks.teacher import keys
 from tasks.teacher.base import (
     BudgetExhausted,
@@ -22,7 +24,7 @@ from tasks.teacher.base import (
 )
 from tasks.teacher.limits import Budget, Prices, RateLimiter, TokenBucket
 from tasks.teacher.openai_compat import OpenAIChat, completion_from_response, request_body
-from tasks.teacher.retry import RetryPolicy, parse_retry_after
+from tasks.teacher.retry import RetryPolicy
 from tasks.teacher.scale import split
 from tasks.teacher.teacher import TeacherStats, extract_json
 
@@ -51,6 +53,20 @@ class FakeClock:
 ])
 def test_parse_retry_after(headers, expected):
     assert parse_retry_after(headers) == expected
+
+
+def test_parse_retry_after_date_without_zone_is_utc(monkeypatch):
+    # "-0000" says the zone is unknown: read as UTC, not as this machine's local time (set far from it).
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        now = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+        unzoned = format_datetime((now + timedelta(seconds=30)).replace(tzinfo=None))
+        assert unzoned.endswith("-0000")
+        assert parse_retry_after({"Retry-After": unzoned}, now=now.timestamp()) == pytest.approx(30.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_parse_retry_after_http_date():
