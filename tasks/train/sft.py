@@ -55,6 +55,36 @@ class PackedRowsCollator:
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
+def counting_packed_tokens(trainer_class: type) -> type:
+    """``trainer_class`` with an exact ``num_input_tokens_seen`` for packed batches.
+
+    A packed batch has no attention mask (the block-diagonal mask comes from the position ids), so the
+    Trainer counts the tokens that differ from the pad id, and a tokenizer that pads with a token its
+    chat template uses (SmolLM2's ``<|im_end|>``, Llama's end of turn) loses every turn end from the
+    count: ``tokens_seen`` and every throughput made from it came out ~1% low. Here a packed row's
+    tokens are counted up to its last position id above 0 (the padding after it has position 0); the
+    flattened padding-free row of trl's FlashAttention path is counted by the same rule. It overrides
+    the Trainer's private ``_track_num_input_tokens`` (transformers is pinned; a unit test fails if the
+    hook is renamed).
+    """
+
+    class Trainer(trainer_class):
+        def _track_num_input_tokens(self, inputs):
+            position_ids = inputs.get("position_ids")
+            if (self.args.include_num_input_tokens_seen != "non_padding" or "attention_mask" in inputs
+                    or position_ids is None):
+                return super()._track_num_input_tokens(inputs)
+            import torch
+
+            columns = torch.arange(position_ids.shape[-1], device=position_ids.device)
+            last = torch.where(position_ids > 0, columns, -1).max(dim=-1).values
+            tokens = (last + 1).sum().to(device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
+
+    Trainer.__name__ = Trainer.__qualname__ = trainer_class.__name__
+    return Trainer
+
+
 def _flash_attention(model) -> bool:
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
     return "flash" in implementation
@@ -107,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         activation_checkpointing=train.get("gradient_checkpointing", False),
         **common.precision_kwargs(train),
     )
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[common.completion_callback(run_key)])
+    trainer = counting_packed_tokens(SFTTrainer)(
+        model=model, args=sft_args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        peft_config=peft_config, callbacks=[common.completion_callback(run_key)])
     if opt["packing"] and not _flash_attention(trainer.model):
         # trl refuses a custom collator with packing, so it is swapped in after construction.
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)

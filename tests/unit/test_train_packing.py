@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tasks.train.common import completion_positions_only_on_cpu
-from tasks.train.sft import PackedRowsCollator
+from tasks.train.sft import PackedRowsCollator, counting_packed_tokens
 
 PAD = 0
 
@@ -144,3 +144,37 @@ def test_completion_only_scoring_keeps_loss_and_gradients_and_is_undone():
     assert labelled_only[0] == pytest.approx(every_position[0], rel=1e-6)
     for a, b in zip(labelled_only[1], every_position[1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+class _CountingBase:
+    """What ``counting_packed_tokens`` reads of a Trainer; its own count stands for the Trainer's."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.args = SimpleNamespace(include_num_input_tokens_seen="non_padding", device="cpu")
+        self.state = SimpleNamespace(num_input_tokens_seen=0)
+        self.accelerator = SimpleNamespace(gather=lambda tensor: tensor)
+        self.counted_by_base = 0
+
+    def _track_num_input_tokens(self, inputs):
+        self.counted_by_base += 1
+
+
+def test_a_packed_batch_counts_every_token_even_those_equal_to_the_pad_id():
+    import transformers
+
+    assert hasattr(transformers.Trainer, "_track_num_input_tokens")  # the hook overridden; renamed would fail here
+    with_pad_ids = [{"input_ids": [PAD, 5, PAD, 7, 8, PAD], "labels": [-100, -100, PAD, 7, 8, PAD]}, EXAMPLES[1]]
+    rows = [_packed(*with_pad_ids), {**EXAMPLES[2], "seq_lengths": [15]}]
+    batch = PackedRowsCollator(PAD)(rows)  # 13 + 15 tokens, padded to 15 wide
+    trainer = counting_packed_tokens(_CountingBase)()
+
+    trainer._track_num_input_tokens(batch)
+    assert trainer.state.num_input_tokens_seen == 13 + 15  # comparing with the pad id would give 13 + 15 - 3
+    # trl's padding-free row (FlashAttention): the examples flattened into one row, no padding.
+    flat = torch.cat([torch.arange(n) for n in (6, 7, 15)]).unsqueeze(0)
+    trainer._track_num_input_tokens({"input_ids": torch.zeros_like(flat), "position_ids": flat})
+    assert trainer.state.num_input_tokens_seen == 28 + 28 and trainer.counted_by_base == 0
+    trainer._track_num_input_tokens({"input_ids": batch["input_ids"], "attention_mask": batch["input_ids"] > 0})
+    assert trainer.counted_by_base == 1  # a padded batch with its mask: the Trainer's own count
