@@ -34,7 +34,9 @@ test-fast: install
 bench: install
 	$(PY) bench/cold_warm.py
 	$(PY) bench/teacher_throughput.py
-	$(PY) bench/train_throughput.py
+	$(PY) bench/train_throughput.py --rows 16 --repeats 2
+	$(PY) bench/train_throughput.py --rows 60 --batch-size 8 --max-seq-len 1024 --gradient-checkpointing \
+	  --repeats 2 --out bench/results/train_throughput_b8_1024.json
 	$(PY) bench/serving.py
 	$(PY) bench/local_threads.py
 	$(PY) bench/batched_decode.py

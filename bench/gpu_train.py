@@ -47,7 +47,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +57,7 @@ from bench.train_throughput import (  # after the path is set
     chat_ids,
     ensure_model,
     load_rows,
+    run_entrypoint_in_process,
     save_kit,
     versions,
 )
@@ -144,7 +144,6 @@ def run_method(method: str, arm: str, model_dir: Path, data: Path, args: argpars
     import torch
 
     from tasks.core.recipe import TrainConfig
-    from tasks.train import dpo, sft
 
     precision, quantization = ARMS[arm]
     optim = {"learning_rate": 2e-4, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
@@ -156,21 +155,10 @@ def run_method(method: str, arm: str, model_dir: Path, data: Path, args: argpars
         "lora": LORA, "seed": 42, "save_steps": 100_000, "precision": precision, "quantization": quantization,
         method: optim,
     })
-    tag = f"{arm}-{method}"
-    config = work / f"{tag}-config.json"
-    config.write_text(json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{tag}-{time.time_ns()}"}))
-    output = work / tag
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    argv = ["--config", str(config), "--model-dir", str(model_dir), "--data", str(data),
-            "--output-dir", str(output), "--checkpoint-dir", str(work / f"{tag}-checkpoints")]
-    if init_adapter is not None:
-        argv += ["--init-adapter", str(init_adapter)]
-    code = (sft if method == "sft" else dpo).main(argv)
-    assert code == 0, f"{tag}: the {method} entrypoint exited with {code}"
-    metrics = json.loads((output / "metrics.json").read_text())
-    metrics["output"] = output
+    metrics = run_entrypoint_in_process(method, train, model_dir, data, work, f"{arm}-{method}", init_adapter)
     gc.collect()
     return metrics
 

@@ -2,13 +2,14 @@
 
     python bench/train_throughput.py [--rows 6] [--max-seq-len 512] [--batch-size 4] [--threads 1]
                                      [--repeats 1] [--model-dir DIR] [--device cpu|cuda]
-                                     [--random-model 1b|tiny] [--kit DIR]
+                                     [--random-model 1b|tiny] [--kit DIR] [--gradient-checkpointing]
                                      [--out bench/results/train_throughput.json]
 
 Same model (SmolLM2-135M, fp32 on the CPU by default; on a GPU, ``--device cuda``, bf16; or a
 random-weights llama model, ``--random-model``), same real variable-length data (accepted Q&A pairs from the
 ai.stackexchange sample dump, one system + user + assistant conversation each), same LoRA config,
-optimizer settings, batch size, seed and checkpointing (a save at the end), one epoch each:
+optimizer settings, batch size, seed, checkpointing (a save at the end) and, with
+``--gradient-checkpointing``, activations recomputed in the backward pass, one epoch each:
 
 - ``plain``: ``transformers.Trainer`` on a ``peft`` model, tokenized by hand with the chat template
   (loss on the answer only), each batch padded by hand to its longest row. No trl.
@@ -114,7 +115,8 @@ def pad_collate(pad_id: int, counter: dict):
     return collate
 
 
-def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path, cuda: bool = False) -> dict:
+def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path, cuda: bool = False,
+              recompute: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
@@ -133,6 +135,8 @@ def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path
             task_type="CAUSAL_LM",
         ),
     )
+    if recompute:  # the frozen embeddings' output must carry a gradient into the recomputed layers
+        model.enable_input_require_grads()
     counter = {"real": 0, "padded": 0}
     args = TrainingArguments(
         output_dir=str(work / "plain-ck"),
@@ -148,6 +152,7 @@ def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path
         report_to=[],
         use_cpu=not cuda,
         bf16=cuda,
+        activation_checkpointing=recompute,
         seed=SEED,
         data_seed=SEED,
         dataloader_num_workers=0,
@@ -171,12 +176,29 @@ def run_plain(model_dir: Path, examples: list[dict], batch_size: int, work: Path
     }
 
 
+def run_entrypoint_in_process(method: str, train, model_dir: Path, data: Path, work: Path, tag: str,
+                              init_adapter: Path | None = None) -> dict:
+    """``python -m tasks.train.<method>`` on ``train`` (a TrainConfig), run through its ``main`` in this
+    process with a fresh run key and checkpoint folder; its ``metrics.json``, plus ``output`` (the adapter)."""
+    from tasks.train import dpo, sft
+
+    config = work / f"{tag}-config.json"
+    config.write_text(json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{tag}-{time.time_ns()}"}))
+    output = work / tag
+    argv = ["--config", str(config), "--model-dir", str(model_dir), "--data", str(data),
+            "--output-dir", str(output), "--checkpoint-dir", str(work / f"{tag}-checkpoints-{time.time_ns()}")]
+    if init_adapter is not None:
+        argv += ["--init-adapter", str(init_adapter)]
+    code = (sft if method == "sft" else dpo).main(argv)
+    assert code == 0, f"{tag}: the {method} entrypoint exited with {code}"
+    return {**json.loads((output / "metrics.json").read_text()), "output": output}
+
+
 def run_distillery(
     model_dir: Path, data: Path, batch_size: int, max_len: int, packing: bool, work: Path, tag: str,
-    cuda: bool = False,
+    cuda: bool = False, recompute: bool = False,
 ) -> dict:
     from tasks.core.recipe import TrainConfig
-    from tasks.train import sft
 
     train = TrainConfig.model_validate(
         {
@@ -184,6 +206,7 @@ def run_distillery(
             "seed": SEED,
             "save_steps": 10_000,
             "precision": "bf16" if cuda else "fp32",
+            "gradient_checkpointing": recompute,
             "sft": {
                 "learning_rate": LEARNING_RATE,
                 "batch_size": batch_size,
@@ -195,27 +218,7 @@ def run_distillery(
             },
         }
     )
-    config = work / f"{tag}-config.json"
-    config.write_text(
-        json.dumps({"train": train.model_dump(mode="json"), "run_key": f"bench-{tag}-{time.time_ns()}"})
-    )
-    output = work / tag
-    code = sft.main(
-        [
-            "--config",
-            str(config),
-            "--model-dir",
-            str(model_dir),
-            "--data",
-            str(data),
-            "--output-dir",
-            str(output),
-            "--checkpoint-dir",
-            str(work / f"{tag}-ck-{time.time_ns()}"),
-        ]
-    )
-    assert code == 0
-    metrics = json.loads((output / "metrics.json").read_text())
+    metrics = run_entrypoint_in_process("sft", train, model_dir, data, work, tag)
     return {
         "seconds": metrics["train_runtime_s"],
         "cpu_seconds": metrics["train_cpu_s"],
@@ -287,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kit", type=Path, default=None,
                         help="A GPU kit folder (make gpu-kit): the conversations and, for --random-model, "
                         "the tokenizer come from it.")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="Every arm recomputes activations in the backward pass (train.gradient_checkpointing): "
+                        "large batches in less memory, for more compute.")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_throughput.json")
     args = parser.parse_args(argv)
 
@@ -326,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             for arm in arms[repeat % 3 :] + arms[: repeat % 3]:
                 print(f"[{repeat + 1}/{args.repeats}] {arm} ...", file=sys.stderr, flush=True)
                 if arm == "plain":
-                    result = run_plain(model_dir, examples, args.batch_size, work, cuda)
+                    result = run_plain(model_dir, examples, args.batch_size, work, cuda,
+                                       args.gradient_checkpointing)
                 else:
                     result = run_distillery(
                         model_dir,
@@ -337,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                         work,
                         f"{arm.replace('+', '-')}-{repeat}",
                         cuda,
+                        args.gradient_checkpointing,
                     )
                 runs[arm].append(result)
     load_after = os.getloadavg()
@@ -368,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "max_seq_len": args.max_seq_len,
             "batch_size": args.batch_size,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "epochs": 1,
             "lora": LORA,
             "learning_rate": LEARNING_RATE,
@@ -404,6 +413,7 @@ def _table(result: dict) -> str:
         f"{machine['load_avg_1m_after']}): {data['rows']} real Q&A rows, {data['tokens']} tokens "
         f"(length {data['min_len']}/{data['median_len']}/{data['max_len']} min/median/max, "
         f"{data['truncated_rows']} cut at {config['max_seq_len']}), batch {config['batch_size']}, "
+        f"{'activations recomputed, ' if config.get('gradient_checkpointing') else ''}"
         f"one epoch, mean of {config['repeats']} run(s) per arm."
     )
     lines = [

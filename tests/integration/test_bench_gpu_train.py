@@ -1,13 +1,14 @@
-"""bench/gpu_train.py, the GPU session's training benchmark, checked on a CPU with a tiny model: a session
-that is lent a GPU should spend its minutes measuring, not debugging the script."""
+"""bench/gpu_train.py, the GPU session's training benchmark, and bench/train_throughput.py, checked on a CPU
+with a tiny model: a session that is lent a GPU should spend its minutes measuring, not debugging the script."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
-from bench import gpu_train
+from bench import gpu_train, train_throughput
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +80,42 @@ def test_the_kit_leaves_out_the_kernels_the_gpu_cannot_load(tmp_path):
         record = zf.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
     assert kept == {names[0], names[1], names[3], "bitsandbytes-0.50.2.dist-info/RECORD"}
     assert "cuda130" in record and "cuda126" not in record and "rocm" not in record
+
+
+def test_throughput_arms_train_the_same_tokens_and_all_recompute_activations(tmp_path, monkeypatch, torch_settings):
+    """--gradient-checkpointing reaches every arm: the plain loop's model and the entrypoint's alike."""
+    import transformers.modeling_utils
+
+    kit, out = tmp_path / "kit", tmp_path / "train_throughput.json"
+    assert gpu_train.main(["--save-kit", str(kit)]) == 0
+    recomputed: Counter[str] = Counter()
+    arm = {"name": ""}
+    checkpoint = transformers.modeling_utils.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        recomputed[arm["name"]] += 1
+        return checkpoint(*args, **kwargs)
+
+    def named(name_of, run):
+        def wrapper(*args, **kwargs):
+            arm["name"] = name_of(args)
+            return run(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting_checkpoint)
+    monkeypatch.setattr(train_throughput, "run_plain", named(lambda a: "plain", train_throughput.run_plain))
+    monkeypatch.setattr(train_throughput, "run_distillery", named(
+        lambda a: "distillery+packing" if a[4] else "distillery", train_throughput.run_distillery))
+    assert train_throughput.main(["--random-model", "tiny", "--kit", str(kit), "--rows", "6", "--batch-size", "2",
+                                  "--max-seq-len", "256", "--gradient-checkpointing", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    arms = report["arms"]
+    assert set(arms) == set(recomputed) == {"plain", "distillery", "distillery+packing"}
+    assert all(count > 0 for count in recomputed.values())
+    rows = report["data"]["rows"]  # those whose question leaves room for an answer in 256 tokens
+    assert report["config"]["gradient_checkpointing"] is True and 2 < rows <= 6
+    assert 0 < arms["plain"]["padding_share"] < 1
+    assert arms["distillery"]["steps"] == arms["plain"]["steps"] == (rows + 1) // 2
+    assert arms["distillery+packing"]["steps"] <= arms["plain"]["steps"]
+    for name in ("distillery", "distillery+packing"):  # the tokens the plain arm trains on, packed or not
+        assert arms[name]["tokens_counted_by_trainer"] == report["data"]["tokens"]
