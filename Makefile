@@ -4,16 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench gpu-kit clean
+.PHONY: install run test test-fast bench gpu-kit lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt holds every package at the version the tests pass with: a new release on the index
+# changes nothing here until `make lock` records it (and the tests pass with it).
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,local-teacher]"
+	# torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,local-teacher]"
 	# llama.cpp's own HF->GGUF converter, from the pinned llama-cpp-python source archive.
 	$(PY) -m tasks.package.converter
 	touch $(STAMP)
@@ -47,6 +49,18 @@ bench: install
 # carried as `.gpu`); docs/benchmarks.md, section 5, has the command to run there.
 gpu-kit: install
 	$(PY) bench/gpu_kit.py
+
+# Re-resolve every dependency to the newest release pyproject.toml allows and write constraints.txt; then
+# `make test`. infra/sagemaker/requirements.txt must follow the training packages (a unit test checks).
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet "$$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')"
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,local-teacher]"
+	{ echo "# Every package make install installs, at the version the tests pass with (written by make lock)."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/+[^ ]*$$//'; } > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf .distillery

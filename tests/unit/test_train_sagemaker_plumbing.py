@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tasks.core.recipe import TrainConfig
 from tasks.core.refs import ArtifactRef
@@ -275,25 +276,39 @@ def test_archive_paths_outside_output_are_refused(tmp_path):
 # -- the training image ------------------------------------------------------------------------
 
 
-def test_image_requirements_are_pinned_and_agree_with_pyproject():
-    from importlib.metadata import version
+def _pins(path: Path) -> dict[str, Requirement]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return {canonicalize_name(Requirement(line).name): Requirement(line) for line in lines if line}
+
+
+def test_the_install_is_locked_and_the_tests_run_with_the_lock():
+    from importlib.metadata import PackageNotFoundError, version
 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    declared = {Requirement(r).name.lower(): Requirement(r) for r in pyproject["project"]["dependencies"]}
-    lines = [line.split("#")[0].strip() for line in (INFRA / "requirements.txt").read_text().splitlines()]
-    pins = [Requirement(line) for line in lines if line]
-
-    assert {"torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes"} <= {
-        p.name for p in pins
-    }
-    for pin in pins:
+    declared = [Requirement(r) for r in pyproject["project"]["dependencies"]]
+    declared += [Requirement(r) for extra in pyproject["project"]["optional-dependencies"].values() for r in extra]
+    lock = _pins(REPO / "constraints.txt")
+    for requirement in declared:
+        assert canonicalize_name(requirement.name) in lock, f"{requirement.name} is not in constraints.txt: run make lock"
+    for name, pin in lock.items():
         (spec,) = pin.specifier
         assert spec.operator == "==", f"{pin} is not pinned"
-        if pin.name.lower() in declared:
-            assert declared[pin.name.lower()].specifier.contains(spec.version), (
-                f"{pin} contradicts pyproject.toml"
-            )
-        assert version(pin.name).split("+")[0] == spec.version, f"{pin}: tests run with {version(pin.name)}"
+        try:
+            installed = version(name).split("+")[0]
+        except PackageNotFoundError:
+            installed = None
+        assert installed == spec.version, f"constraints.txt says {pin}, the tests run with {installed}"
+
+
+@pytest.mark.parametrize("pinned", ["infra/sagemaker/requirements.txt", "bench/gpu_wheels.txt"])
+def test_the_training_image_and_the_gpu_kit_pin_the_locked_versions(pinned):
+    lock = _pins(REPO / "constraints.txt")
+    pins = _pins(REPO / pinned)
+    assert {"transformers", "peft", "trl", "datasets", "bitsandbytes"} <= set(pins)
+    for name, pin in pins.items():
+        assert name in lock and pin.specifier == lock[name].specifier, (
+            f"{pinned} pins {pin}, constraints.txt {lock.get(name)}"
+        )
 
 
 def test_dockerfile_installs_the_requirements_and_ships_the_tasks_package():
