@@ -8,6 +8,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# llama-cpp-python has no wheel on the index and is built here, once per machine and flags, into its own
+# folder (pip's cache could hold a build made with other flags). Not for this CPU alone (-march=native):
+# on Sapphire Rapids that enables llama.cpp's AMX kernels, which crash at the first decode (llama.cpp
+# issue 20824); GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2, FMA and F16C.
+LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' constraints.txt)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+LLAMA_WHEELS := $(HOME)/.cache/distillery/wheels/$(subst ==,-,$(LLAMA_CPP))$(subst =,_,$(subst $() ,,$(subst -D,-,$(LLAMA_CMAKE_ARGS))))
+
 # constraints.txt holds every package at the version the tests pass with: a new release on the index
 # changes nothing here until `make lock` records it (and the tests pass with it).
 $(STAMP): pyproject.toml constraints.txt
@@ -15,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch
+	ls "$(LLAMA_WHEELS)"/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	  $(PY) -m pip wheel --quiet --no-deps --no-cache-dir -w "$(LLAMA_WHEELS)" "$(LLAMA_CPP)"
+	$(PY) -m pip install --quiet --no-deps "$(LLAMA_WHEELS)"/*.whl
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,local-teacher]"
 	# llama.cpp's own HF->GGUF converter, from the pinned llama-cpp-python source archive.
 	$(PY) -m tasks.package.converter
@@ -53,9 +64,10 @@ gpu-kit: install
 # Re-resolve every dependency to the newest release pyproject.toml allows and write constraints.txt; then
 # `make test`. infra/sagemaker/requirements.txt must follow the training packages (a unit test checks).
 LOCK_VENV := .lock-venv
-lock:
+lock: install
 	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps "$(LLAMA_WHEELS)"/*.whl
 	$(LOCK_VENV)/bin/python -m pip install --quiet "$$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')"
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,local-teacher]"
 	{ echo "# Every package make install installs, at the version the tests pass with (written by make lock)."; \

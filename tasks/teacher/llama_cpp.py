@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -31,11 +32,33 @@ NUMBER_DECIMALS = 2
 MAX_ENUM_VALUES = 1001
 
 
+log = logging.getLogger("distillery.teacher")
+
+# What llama.cpp's system info says of a build with its AMX kernels (a -march=native build on an Intel
+# CPU with AMX, Sapphire Rapids and later). They crashed the process at the first decode of every model
+# here (llama.cpp issue 20824); `make install` builds without them.
+AMX_BUILD_MARK = b"AMX_INT8 = 1"
+
+
+@lru_cache(maxsize=1)
+def warn_if_amx_build() -> bool:
+    """Log a warning, once, when the installed llama-cpp-python has llama.cpp's AMX kernels."""
+    import llama_cpp
+
+    if AMX_BUILD_MARK not in llama_cpp.llama_print_system_info():
+        return False
+    log.warning("this llama-cpp-python was built with llama.cpp's AMX kernels, which can crash the process "
+                "(a segmentation fault) at the first decode: reinstall it built with "
+                "CMAKE_ARGS=-DGGML_NATIVE=OFF, as `make install` does")
+    return True
+
+
 def load_gguf(path: Path, n_ctx: int, logits_all: bool = False, n_threads: int | None = None) -> Any:
     """A GGUF in llama.cpp, quiet and seeded, generating with ``n_threads`` (default: the
     ``llama_threads`` setting, the physical cores) rather than llama-cpp-python's half of the CPUs."""
     from llama_cpp import Llama
 
+    warn_if_amx_build()
     return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or get_settings().generation_threads,
                  verbose=False, seed=0, logits_all=logits_all)
 
