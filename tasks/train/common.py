@@ -1,4 +1,5 @@
-"""Setup shared by the SFT and DPO entrypoints: arguments, seeds, model loading, checkpoints.
+"""What the SFT and DPO entrypoints share: arguments, seeds, model loading, trainer settings, checkpoints,
+the timed run and what it publishes.
 
 These scripts run unchanged as a local subprocess and inside a SageMaker training container, so
 every path has a SageMaker default: ``SM_CHANNEL_<NAME>`` (else ``/opt/ml/input/data/<name>`` when
@@ -22,6 +23,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +65,49 @@ def parse_args(method: str, argv: list[str] | None = None) -> argparse.Namespace
         # A sibling, not a child: the output folder holds only what is published (adapter + metrics).
         args.checkpoint_dir = args.output_dir.parent / f"{args.output_dir.name}-checkpoints"
     return args
+
+
+def start(method: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any], str]:
+    """The arguments, the recipe's train section and the run key, checked before any heavy import."""
+    args = parse_args(method, argv)
+    config = load_config(args.config)
+    train = config["train"]
+    check_lora(train)
+    check_quantization(train)
+    return args, train, config["run_key"]
+
+
+def seed_everything(train: dict[str, Any]) -> None:
+    import torch
+    from transformers import set_seed
+
+    set_seed(train["seed"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def trainer_arguments(args: argparse.Namespace, train: dict[str, Any], opt: dict[str, Any]) -> dict[str, Any]:
+    """What SFT's and DPO's trl configs share: the schedule, checkpoints, logging, device and precision."""
+    import torch
+
+    return dict(
+        output_dir=str(args.checkpoint_dir), seed=train["seed"], data_seed=train["seed"],
+        learning_rate=opt["learning_rate"], lr_scheduler_type=opt["scheduler"], warmup_steps=warmup_steps(opt),
+        num_train_epochs=opt["epochs"], max_steps=opt["max_steps"], per_device_train_batch_size=opt["batch_size"],
+        gradient_accumulation_steps=opt["gradient_accumulation"], max_length=opt["max_seq_len"],
+        save_strategy="steps", save_steps=train["save_steps"], save_total_limit=2, logging_steps=1, report_to=[],
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        activation_checkpointing=train.get("gradient_checkpointing", False), **precision_kwargs(train))
+
+
+def timed_training(trainer: Any, resume: Path | None) -> dict[str, Any]:
+    """Train (on from ``resume`` when given) and return what metrics.json says of any run."""
+    start_s, cpu_start_s = time.perf_counter(), time.process_time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return {"train_runtime_s": time.perf_counter() - start_s, "train_cpu_s": time.process_time() - cpu_start_s,
+            "global_step": trainer.state.global_step, "resumed_from": resume.name if resume else None,
+            "train_loss": result.training_loss,
+            "tokens_seen": int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)}
 
 
 def _env_path(name: str) -> Path | None:
@@ -362,6 +407,14 @@ def write_metrics(output_dir: Path, trainer: Any, extra: dict[str, Any]) -> None
     metrics = {"log_history": history, **extra, "device": torch.cuda.get_device_name() if cuda else "cpu",
                "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+
+
+def publish(output_dir: Path, trainer: Any, metrics: dict[str, Any]) -> None:
+    """Write the trained adapter and ``metrics.json`` to ``output_dir``, and nothing else."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(output_dir, safe_serialization=True)
+    write_metrics(output_dir, trainer, metrics)
+    clean_output(output_dir)
 
 
 def clean_output(output_dir: Path) -> None:

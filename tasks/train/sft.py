@@ -12,7 +12,6 @@ tokens seen) to the output folder.
 from __future__ import annotations
 
 import sys
-import time
 
 from tasks.train import common
 
@@ -92,16 +91,10 @@ def _flash_attention(model) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     # --- setup
-    args = common.parse_args("sft", argv)
-    config = common.load_config(args.config)
-    train, run_key = config["train"], config["run_key"]
+    args, train, run_key = common.start("sft", argv)
     opt = train["sft"]
-    common.check_lora(train)
-    common.check_quantization(train)
 
-    import torch
     from datasets import Dataset
-    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     train_ds = Dataset.from_list(to_prompt_completion(common.jsonl_rows(args.data)))
@@ -110,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_ds = Dataset.from_list(to_prompt_completion(common.jsonl_rows(args.eval_data)))
     if len(train_ds) == 0:
         raise SystemExit("the training set is empty: nothing to train on")
-    set_seed(train["seed"])
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    common.seed_everything(train)
     model, tokenizer = common.load_base(args.model_dir, train)
     peft_config = common.lora_config(train)
     if args.init_adapter:
@@ -121,22 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         peft_config = None
     resume = common.prepare_checkpoints(args.checkpoint_dir, run_key)
     sft_args = SFTConfig(
-        output_dir=str(args.checkpoint_dir), seed=train["seed"], data_seed=train["seed"],
-        learning_rate=opt["learning_rate"], lr_scheduler_type=opt["scheduler"],
-        warmup_steps=common.warmup_steps(opt),
-        num_train_epochs=opt["epochs"], max_steps=opt["max_steps"],
-        per_device_train_batch_size=opt["batch_size"],
-        per_device_eval_batch_size=opt["batch_size"],
-        gradient_accumulation_steps=opt["gradient_accumulation"],
-        max_length=opt["max_seq_len"], packing=opt["packing"], save_strategy="steps",
-        save_steps=train["save_steps"], save_total_limit=2, logging_steps=1,
-        eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=train.get("eval_steps") or train["save_steps"], report_to=[], use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, completion_only_loss=True, disable_tqdm=False,
-        include_num_input_tokens_seen="non_padding",
-        activation_checkpointing=train.get("gradient_checkpointing", False),
-        **common.precision_kwargs(train),
-    )
+        packing=opt["packing"], completion_only_loss=True, disable_tqdm=False,
+        per_device_eval_batch_size=opt["batch_size"], eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=train.get("eval_steps") or train["save_steps"], **common.trainer_arguments(args, train, opt))
     trainer = counting_packed_tokens(SFTTrainer)(
         model=model, args=sft_args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         peft_config=peft_config, callbacks=[common.completion_callback(run_key)])
@@ -145,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     # --- train
     with common.completion_positions_only_on_cpu():
-        start, cpu_start = time.perf_counter(), time.process_time()
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        run = common.timed_training(trainer, resume)
         eval_loss = None
         if eval_ds is not None:
             last = [e for e in trainer.state.log_history if "eval_loss" in e]
@@ -156,15 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             else:  # the last step was not an eval step: measure where training ended
                 eval_loss = trainer.evaluate()["eval_loss"]
     # --- save
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(args.output_dir, safe_serialization=True)
-    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    common.write_metrics(args.output_dir, trainer, {
-        "method": "sft", "run_key": run_key, "train_runtime_s": elapsed, "train_cpu_s": cpu,
-        "global_step": trainer.state.global_step,
-        "resumed_from": resume.name if resume else None, "train_loss": result.training_loss,
-        "eval_loss": eval_loss, "examples": len(train_ds), "tokens_seen": tokens, "packing": opt["packing"]})
-    common.clean_output(args.output_dir)
+    common.publish(args.output_dir, trainer, {"method": "sft", "run_key": run_key, **run, "eval_loss": eval_loss,
+                                              "examples": len(train_ds), "packing": opt["packing"]})
     return 0
 
 

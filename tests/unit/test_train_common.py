@@ -310,7 +310,7 @@ def test_local_backend_reports_the_scripts_own_error(tmp_path):
             log=lambda m: None,
         )
     assert "sft training exited with 1" in str(failure.value)
-    assert "KeyError: 'sft'" in str(failure.value)  # the script's traceback, not just an exit code
+    assert "KeyError: 'lora'" in str(failure.value)  # the script's traceback, not just an exit code
 
 
 def test_entrypoint_help_runs_without_heavy_imports():
