@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt torch
 	ls "$(LLAMA_WHEELS)"/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 	  $(PY) -m pip wheel --quiet --no-deps --no-cache-dir -w "$(LLAMA_WHEELS)" "$(LLAMA_CPP)"
-	$(PY) -m pip install --quiet --no-deps "$(LLAMA_WHEELS)"/*.whl
+	$(PY) -m pip install --quiet -c constraints.txt "$(LLAMA_WHEELS)"/*.whl
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,local-teacher]"
 	# llama.cpp's own HF->GGUF converter, from the pinned llama-cpp-python source archive.
 	$(PY) -m tasks.package.converter
@@ -67,11 +67,12 @@ LOCK_VENV := .lock-venv
 lock: install
 	rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps "$(LLAMA_WHEELS)"/*.whl
+	$(LOCK_VENV)/bin/python -m pip install --quiet "$(LLAMA_WHEELS)"/*.whl
 	$(LOCK_VENV)/bin/python -m pip install --quiet "$$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')"
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,local-teacher]"
 	{ echo "# Every package make install installs, at the version the tests pass with (written by make lock)."; \
-	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed 's/+[^ ]*$$//'; } > constraints.txt
+	  $(LOCK_VENV)/bin/python -m pip list --format=freeze --exclude-editable --exclude pip --exclude setuptools \
+	    --exclude wheel | sed 's/+[^ ]*$$//'; } > constraints.txt
 	rm -rf $(LOCK_VENV)
 
 clean:
